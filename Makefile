@@ -1,0 +1,42 @@
+# `make test` and `make run` work on a fresh machine: they create .venv and install l2l into it first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+L2L    := $(VENV)/bin/l2l
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-slow test-all run bench lint wheel clean
+
+install: $(STAMP)
+
+# torch first, pinned to the CPU build where none is present: a bare `torch` requirement pulls multi-GB CUDA wheels.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow"
+
+run: install
+	$(L2L) experiment
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+lint: install
+	$(VENV)/bin/ruff check l2lcli tests benchmarks
+
+wheel: install
+	$(PY) -m build --wheel --outdir dist .
+
+clean:
+	rm -rf $(VENV) dist build *.egg-info

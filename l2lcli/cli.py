@@ -1,0 +1,136 @@
+"""The `l2l` command line: parse, compose the config, call a `run(cfg)`, print the result. Nothing else."""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import Optional
+
+import typer
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from rich.console import Console
+from rich.table import Table
+
+from .config import GROUPS, L2LError, compose, group_choices
+
+GROUPS_HELP = "Config groups (override with group=choice): " + "; ".join(
+    f"{g}: {', '.join(group_choices(g))}" for g in GROUPS) + ". Any key: key=value, e.g. train.unroll=20."
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+OVERRIDES = typer.Argument(None, help="Hydra-style overrides: task=mnist optimizer=lstm train.meta_lr=0.01 ...",
+                           show_default=False)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help=f"l2l: meta-train learned optimizers and compare them with tuned baselines. {GROUPS_HELP}")
+data_app = typer.Typer(no_args_is_help=True, help="Get datasets into data.root.")
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _table(df, title: str) -> None:
+    table = Table(title=title)
+    for c in df.columns:
+        table.add_column(c)
+    for row in df.itertuples(index=False):
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else str(v) for v in row))
+    out.print(table)
+
+
+def _checkpoint_overrides(checkpoint: str, overrides: list[str]) -> list[str]:
+    """Evaluate a checkpoint on the task and optimizer it was trained with; the command line may change task keys."""
+    from .runs import load_checkpoint
+
+    saved = load_checkpoint(checkpoint)["config"]
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in ("task", "optimizer") and value != saved[key].name:
+            _fail(f"checkpoint '{checkpoint}' holds optimizer={saved.optimizer.name} trained on "
+                  f"task={saved.task.name}; it cannot be evaluated with {key}={value}")
+    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
+    inherited = [f"{group}.{k}={v}" for group in ("task", "optimizer") for k, v in saved[group].items()
+                 if f"{group}.{k}" not in given and not k.startswith("_") and k != "name"
+                 and not isinstance(v, (dict, list)) and v is not None]
+    inherited += [f"optimizer.groups={saved.optimizer.groups}"] if saved.optimizer.get("groups") else []
+    return [f"task={saved.task.name}", f"optimizer={saved.optimizer.name}", *inherited, *overrides]
+
+
+def _invoke(command: str, overrides: list[str] | None, **extra) -> dict:
+    from . import evaluate, sweep, train
+
+    overrides = list(overrides or [])
+    try:
+        if command == "evaluate" and extra.get("checkpoint"):
+            overrides = _checkpoint_overrides(extra["checkpoint"], overrides)
+        overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
+        cfg = compose(overrides)
+        runner = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run}[command]
+        return runner(cfg)
+    except L2LError as e:
+        _fail(str(e))
+
+
+def _print_meta_train(r: dict) -> None:
+    out.print(f"meta-train {r['task']}/{r['optimizer']}: best validation loss {r['best_val_loss']:.4g} at epoch "
+              f"{r['best_epoch']} of {r['epochs']} ({r['stop_reason']}), {r['optimizee_steps_per_second']:.0f} "
+              f"optimizee steps/s -> {r['checkpoint']}")
+
+
+def _print_sweep(r: dict) -> None:
+    _table(r["table"][["optimizer", "lr", "final_loss", "log10_final_loss"]],
+           f"{r['task']}: best learning rates, {r['steps']} steps, {r['problems']} test problems")
+    if r["never_converged"]:
+        out.print(f"diverged at every learning rate: {', '.join(r['never_converged'])}")
+    out.print(f"sweep-baselines -> {r['run_dir']}")
+
+
+def _print_evaluate(r: dict) -> None:
+    cols = ["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]
+    _table(r["table"][cols], f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} test problems")
+    out.print(f"evaluate -> {r['run_dir']}")
+
+
+@app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.", help=f"Meta-train a learned optimizer. {GROUPS_HELP}")
+def meta_train(overrides: Optional[list[str]] = OVERRIDES,  # noqa: UP045 (typer reads the annotation)
+               resume: Optional[str] = typer.Option(None, help="Continue a killed run: its folder or last.pt.")):
+    _print_meta_train(_invoke("meta-train", overrides, **{"train.resume": resume}))
+
+
+@app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.", help=f"Evaluate an optimizer on fresh test problems. {GROUPS_HELP}")
+def evaluate(overrides: Optional[list[str]] = OVERRIDES,  # noqa: UP045
+             checkpoint: Optional[str] = typer.Option(None, help="A meta-train run folder or .pt file."),
+             baselines: Optional[str] = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
+    _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": checkpoint, "eval.baselines": baselines}))
+
+
+@app.command("sweep-baselines", context_settings=EXTRA,
+             short_help="Sweep the baselines' learning rates on the test problems.", help=f"Sweep the baselines' learning rates on the test problems. {GROUPS_HELP}")
+def sweep_baselines(overrides: Optional[list[str]] = OVERRIDES):  # noqa: UP045
+    _print_sweep(_invoke("sweep-baselines", overrides))
+
+
+@app.command(context_settings=EXTRA,
+             short_help="The main job: meta-train, sweep the baselines, evaluate both, print the comparison.", help=f"The main job: meta-train, sweep the baselines, evaluate both, print the comparison. {GROUPS_HELP}")
+def experiment(overrides: Optional[list[str]] = OVERRIDES):  # noqa: UP045
+    trained = _invoke("meta-train", overrides)
+    _print_meta_train(trained)
+    swept = _invoke("sweep-baselines", overrides)
+    _print_sweep(swept)
+    _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": trained["checkpoint"],
+                                                      "eval.baselines": swept["run_dir"]}))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""PNG plots of learning curves and learning-rate sweeps (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .runs import atomic  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def plot_curves(curves: pd.DataFrame, path: Path, title: str) -> None:
+    """Mean loss vs step on a log axis; learned optimizers solid, baselines dashed."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for (name, learned), df in curves.groupby(["optimizer", "learned"], sort=False):
+        label = name if learned else f"{name} (lr {df['lr'].iloc[0]:.3g})"
+        ax.plot(df["step"], df["mean_loss"], "-" if learned else "--", lw=2 if learned else 1.3, label=label)
+    ax.set(yscale="log", xlabel="step", ylabel="mean loss", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_sweep(sweep: pd.DataFrame, path: Path, title: str) -> None:
+    """Mean final loss vs learning rate per baseline; diverged learning rates marked with x at the top."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    finite = sweep[~sweep["diverged"]]
+    top = finite["final_loss"].max() if len(finite) else 1.0
+    for name, df in sweep.groupby("optimizer", sort=False):
+        ok = df[~df["diverged"]]
+        (line,) = ax.plot(ok["lr"], ok["final_loss"], "o-", ms=3, label=name)
+        bad = df[df["diverged"]]
+        ax.plot(bad["lr"], [top] * len(bad), "x", color=line.get_color())
+    ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="mean final loss (x: diverged)", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _save(fig, path)

@@ -1,0 +1,43 @@
+"""Run an optimizer on a batch of problems, without meta-gradients: the loss curve of every problem."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .tasks import Problems
+
+
+def loss_and_grads(problems: Problems, params: dict, t: int, retain_graph: bool = False,
+                   create_graph: bool = False):
+    """One loss evaluation per step, reused for the curve (or meta-loss) and the optimizee gradient.
+
+    Gradients are taken with respect to the current parameters only and come back detached: the paper drops
+    the second derivatives of f (d grad / d phi = 0); `create_graph` keeps them.
+    """
+    leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+    loss = problems.loss(leaves, t)
+    grads = torch.autograd.grad(loss.sum(), list(leaves.values()), retain_graph=retain_graph or create_graph,
+                                create_graph=create_graph)
+    return leaves, loss, dict(zip(leaves, grads))
+
+
+def rollout(problems: Problems, optimizer, steps: int, replicas: int = 1) -> tuple[torch.Tensor, float]:
+    """Losses [steps + 1, N] of theta_0 .. theta_steps (N = replicas * B), and the seconds per step."""
+    params = {k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in problems.init_params().items()}
+    state = optimizer.init_state(params)
+    curve = []
+    sync = params[next(iter(params))].device.type == "cuda"
+    start = time.perf_counter()
+    for t in range(steps + 1):
+        with torch.enable_grad():
+            _, loss, grads = loss_and_grads(problems, params, t)
+        curve.append(loss.detach())
+        if t == steps:
+            break
+        with torch.no_grad():
+            params, state = optimizer.step({k: v.detach() for k, v in params.items()}, grads, state)
+    if sync:
+        torch.cuda.synchronize()
+    return torch.stack(curve), (time.perf_counter() - start) / max(steps, 1)

@@ -1,0 +1,117 @@
+"""The run folder and everything written into it: atomic files, CSVs, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import L2LError
+
+CHECKPOINT_FORMAT = "l2l-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def new_run_dir(cfg: DictConfig, command: str, label: str | None = None) -> Path:
+    """A fresh folder <out_dir>/<command>/<task>/<timestamp>-<label>[-k]; two runs never share one."""
+    label = label or cfg.optimizer.name
+    parent = Path(cfg.out_dir) / command / cfg.task.name
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for k in range(1000):
+            path = parent / (f"{stamp}-{label}" + (f"-{k}" if k else ""))
+            try:
+                path.mkdir()  # atomic: fails if another run took the name first
+                break
+            except FileExistsError:
+                continue
+        if not os.access(path, os.W_OK):
+            raise PermissionError(path)
+    except OSError as e:
+        raise L2LError(f"cannot create a run folder under '{parent}' ({e.strerror or e}): set out_dir=PATH "
+                       "to a writable folder") from None
+    write_text(path / "config.yaml", OmegaConf.to_yaml(cfg))
+    return path
+
+
+def atomic(path: Path, write) -> None:
+    """Write via a temp file in the same folder and rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic(path, w)
+
+
+def write_csv(path: Path, df: pd.DataFrame) -> None:
+    atomic(path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
+
+
+def code_version() -> str:
+    from . import __version__
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+def save_checkpoint(path: Path, cfg: DictConfig, optimizer: torch.nn.Module, **extra) -> None:
+    """Weights, the run's config (as YAML text) and the code version, in a file that loads without pickled code."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "code_version": code_version(),
+        "config": OmegaConf.to_yaml(cfg),
+        "task": cfg.task.name,
+        "optimizer_name": cfg.optimizer.name,
+        "weights": {k: v.detach().cpu() for k, v in optimizer.state_dict().items()},
+        **extra,
+    }
+    atomic(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint's contents, loaded with weights_only=True (no code runs); any problem is one L2LError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise L2LError(f"checkpoint '{path}' not found: pass a best.pt / last.pt file or a meta-train run folder")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zips, pickles with code, foreign files: all refused the same way
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise L2LError(f"checkpoint '{path}' is corrupt or not an l2l checkpoint ({first[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise L2LError(f"'{path}' is not an l2l checkpoint: pass a file written by `l2l meta-train`")
+    if ckpt.get("version") != CHECKPOINT_VERSION:
+        raise L2LError(f"checkpoint '{path}' has format version {ckpt.get('version')}, this l2l reads "
+                       f"{CHECKPOINT_VERSION}: re-run meta-train with this version")
+    ckpt["config"] = OmegaConf.create(ckpt["config"])
+    ckpt["path"] = str(path)
+    return ckpt

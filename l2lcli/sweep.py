@@ -1,0 +1,72 @@
+"""Learning-rate sweeps of the hand-designed baselines on the test problems: `run(cfg) -> results`."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import baseline_config, build, check, resolve_device
+from .plots import plot_sweep
+from .rollout import rollout
+from .runs import new_run_dir, write_csv, write_json, write_text
+
+
+def lr_grid(cfg: DictConfig) -> list[float]:
+    s = cfg.sweep
+    if s.lr_num == 1:
+        return [float(s.lr_min)]
+    ratio = math.log10(s.lr_max / s.lr_min) / (s.lr_num - 1)
+    return [float(s.lr_min * 10 ** (i * ratio)) for i in range(s.lr_num)]
+
+
+def sweep_baseline(name: str, lrs: list[float], problems, steps: int) -> pd.DataFrame:
+    """Every learning rate of one baseline at once: replicas of the problem batch along the problem dimension."""
+    B = problems.batch
+    lr = torch.tensor(lrs).repeat_interleave(B)
+    optimizer = build(baseline_config(name), lr=lr)
+    curve, seconds_per_step = rollout(problems, optimizer, steps, replicas=len(lrs))
+    final = curve[-1].view(len(lrs), B).double().cpu()
+    bad = ~torch.isfinite(final)
+    mean = final.mean(1)
+    return pd.DataFrame({
+        "optimizer": name, "lr": lrs, "final_loss": mean.numpy(),
+        "log10_final_loss": mean.log10().numpy(),
+        "diverged": (bad.any(1) | ~torch.isfinite(mean)).numpy(),
+        "diverged_fraction": bad.double().mean(1).numpy(),
+        "ms_per_step_all_lrs": 1e3 * seconds_per_step,
+    })
+
+
+def best_rows(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Each baseline's best learning rate by mean final loss; diverged learning rates are never chosen."""
+    ok = sweep[~sweep["diverged"]]
+    return ok.loc[ok.groupby("optimizer", sort=False)["final_loss"].idxmin()].reset_index(drop=True)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Sweep every baseline in cfg.sweep.optimizers over the learning-rate grid on the test problems."""
+    check(cfg, "sweep-baselines")
+    device = resolve_device(cfg)
+    task = build(cfg.task)
+    steps = cfg.eval.steps or cfg.task.steps
+    problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
+    run_dir = new_run_dir(cfg, "sweep-baselines", label="baselines")
+    lrs = lr_grid(cfg)
+    write_text(run_dir / "baselines.yaml",
+               OmegaConf.to_yaml({n: baseline_config(n) for n in cfg.sweep.optimizers}))
+    sweep = pd.concat([sweep_baseline(name, lrs, problems, steps) for name in cfg.sweep.optimizers],
+                      ignore_index=True)
+    best = best_rows(sweep)
+    write_csv(run_dir / "sweep.csv", sweep)
+    write_csv(run_dir / "best.csv", best)
+    plot_sweep(sweep, run_dir / "sweep.png", f"{cfg.task.name}: final loss after {steps} steps")
+    results = {"command": "sweep-baselines", "run_dir": str(run_dir), "task": cfg.task.name,
+               "data": task.describe(), "steps": steps, "problems": cfg.eval.problems,
+               "best": best[["optimizer", "lr", "final_loss"]].to_dict("records"),
+               "never_converged": sorted(set(cfg.sweep.optimizers) - set(best["optimizer"]))}
+    write_json(run_dir / "summary.json", results)
+    results["table"] = best
+    return results
