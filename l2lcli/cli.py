@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Optional
 
 import typer
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -64,8 +63,8 @@ def _invoke(command: str, overrides: list[str] | None, **extra) -> dict:
 
     overrides = list(overrides or [])
     try:
-        if command == "evaluate" and extra.get("checkpoint"):
-            overrides = _checkpoint_overrides(extra["checkpoint"], overrides)
+        if command == "evaluate" and extra.get("eval.checkpoint"):
+            overrides = _checkpoint_overrides(extra["eval.checkpoint"], overrides)
         overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
         cfg = compose(overrides)
         runner = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run}[command]
@@ -94,28 +93,32 @@ def _print_evaluate(r: dict) -> None:
     out.print(f"evaluate -> {r['run_dir']}")
 
 
-@app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.", help=f"Meta-train a learned optimizer. {GROUPS_HELP}")
-def meta_train(overrides: Optional[list[str]] = OVERRIDES,  # noqa: UP045 (typer reads the annotation)
-               resume: Optional[str] = typer.Option(None, help="Continue a killed run: its folder or last.pt.")):
+@app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.",
+             help=f"Meta-train a learned optimizer. {GROUPS_HELP}")
+def meta_train(overrides: list[str] | None = OVERRIDES,
+               resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt.")):
     _print_meta_train(_invoke("meta-train", overrides, **{"train.resume": resume}))
 
 
-@app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.", help=f"Evaluate an optimizer on fresh test problems. {GROUPS_HELP}")
-def evaluate(overrides: Optional[list[str]] = OVERRIDES,  # noqa: UP045
-             checkpoint: Optional[str] = typer.Option(None, help="A meta-train run folder or .pt file."),
-             baselines: Optional[str] = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
+@app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.",
+             help=f"Evaluate an optimizer on fresh test problems. {GROUPS_HELP}")
+def evaluate(overrides: list[str] | None = OVERRIDES,
+             checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
+             baselines: str | None = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
     _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": checkpoint, "eval.baselines": baselines}))
 
 
 @app.command("sweep-baselines", context_settings=EXTRA,
-             short_help="Sweep the baselines' learning rates on the test problems.", help=f"Sweep the baselines' learning rates on the test problems. {GROUPS_HELP}")
-def sweep_baselines(overrides: Optional[list[str]] = OVERRIDES):  # noqa: UP045
+             short_help="Sweep the baselines' learning rates on the test problems.",
+             help=f"Sweep the baselines' learning rates on the test problems. {GROUPS_HELP}")
+def sweep_baselines(overrides: list[str] | None = OVERRIDES):
     _print_sweep(_invoke("sweep-baselines", overrides))
 
 
 @app.command(context_settings=EXTRA,
-             short_help="The main job: meta-train, sweep the baselines, evaluate both, print the comparison.", help=f"The main job: meta-train, sweep the baselines, evaluate both, print the comparison. {GROUPS_HELP}")
-def experiment(overrides: Optional[list[str]] = OVERRIDES):  # noqa: UP045
+             short_help="The main job: meta-train, sweep the baselines, evaluate both, print the comparison.",
+             help=f"The main job: meta-train, sweep the baselines, evaluate both, print the comparison. {GROUPS_HELP}")
+def experiment(overrides: list[str] | None = OVERRIDES):
     trained = _invoke("meta-train", overrides)
     _print_meta_train(trained)
     swept = _invoke("sweep-baselines", overrides)

@@ -68,7 +68,7 @@ class CoordinatewiseLSTM(nn.Module):
         N = g.shape[0]
         x = preprocess(g.reshape(-1), self.kind, self.p)
         new_state = []
-        for cell, (h, c) in zip(self.cells, state):
+        for cell, (h, c) in zip(self.cells, state, strict=True):
             h, c = cell(x, (h, c))
             if self.gac:
                 h = self._average(h, N)
@@ -114,7 +114,7 @@ class LearnedOptimizer(nn.Module):
             N = params[names[0]].shape[0]
             flat = torch.cat([grads[k].reshape(N, -1) for k in names], 1)
             update, new_state[g] = self.nets[g](flat, state[g])
-            for k, u in zip(names, update.split([params[k][0].numel() for k in names], 1)):
+            for k, u in zip(names, update.split([params[k][0].numel() for k in names], 1), strict=True):
                 new_params[k] = params[k] + u.view_as(params[k])
         return new_params, new_state
 

@@ -20,7 +20,7 @@ def loss_and_grads(problems: Problems, params: dict, t: int, retain_graph: bool 
     loss = problems.loss(leaves, t)
     grads = torch.autograd.grad(loss.sum(), list(leaves.values()), retain_graph=retain_graph or create_graph,
                                 create_graph=create_graph)
-    return leaves, loss, dict(zip(leaves, grads))
+    return leaves, loss, dict(zip(leaves, grads, strict=True))
 
 
 def rollout(problems: Problems, optimizer, steps: int, replicas: int = 1) -> tuple[torch.Tensor, float]:

@@ -7,18 +7,28 @@ and `loss(params, t)` returns the N losses at step t, one vectorized computation
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SPLITS = ("train", "validation", "test")
 
 
-def problem_seed(split: str, seed: int, index: int = 0) -> int:
-    """A generator seed that no other (split, seed, index) shares: splits never see each other's problems."""
+def problem_rng(split: str, seed: int, index: int = 0) -> np.random.Generator:
+    """The random stream of one problem batch, keyed by (split, seed, index) through numpy's SeedSequence.
+
+    torch.manual_seed keeps only 32 bits of its seed, so packing the three into one integer would make splits
+    collide; a SeedSequence hashes the whole key, and splits never share a stream.
+    """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
-    if not (0 <= seed < 2**20 and 0 <= index < 2**24):
-        raise ValueError("seed must be in [0, 2^20) and index in [0, 2^24)")
-    return (SPLITS.index(split) * 2**20 + seed) * 2**24 + index
+    if not (0 <= seed < 2**64 and 0 <= index < 2**64):
+        raise ValueError("seed and index must be in [0, 2^64)")
+    words = [SPLITS.index(split), seed & 0xFFFFFFFF, seed >> 32, index & 0xFFFFFFFF, index >> 32]  # fixed width
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def randn(rng: np.random.Generator, *shape, std: float = 1.0) -> torch.Tensor:
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
 
 
 class Problems:
@@ -80,12 +90,11 @@ class Quadratic(Task):
         self.dim, self.distribution = int(dim), distribution
 
     def sample(self, split, n, seed, index=0, device="cpu"):
-        g = torch.Generator().manual_seed(problem_seed(split, seed, index))
-        d = self.dim
+        rng, d = problem_rng(split, seed, index), self.dim
         if self.distribution == "gaussian":
-            W, y, theta0 = torch.randn(n, d, d, generator=g), torch.randn(n, d, generator=g), torch.randn(
-                n, d, generator=g)
+            W, y, theta0 = randn(rng, n, d, d), randn(rng, n, d), randn(rng, n, d)
         else:  # the official code's variant
-            W, y = torch.rand(n, d, d, generator=g), torch.rand(n, d, generator=g)
-            theta0 = 0.01 * torch.randn(n, d, generator=g)
+            W = torch.from_numpy(rng.random((n, d, d), dtype=np.float32))
+            y = torch.from_numpy(rng.random((n, d), dtype=np.float32))
+            theta0 = randn(rng, n, d, std=0.01)
         return QuadraticProblems(W.to(device), y.to(device), theta0.to(device))

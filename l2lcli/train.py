@@ -75,8 +75,8 @@ def run(cfg: DictConfig) -> dict:
 
     stop_reason = "max_epochs"
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("meta-loss {task.fields[meta]:.3g}  val {task.fields[val]:.3g}  best {task.fields[best]:.3g}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+               TextColumn("meta-loss {task.fields[meta]:.3g}  val {task.fields[val]:.3g}"),
+               TextColumn("best {task.fields[best]:.3g}"), TimeElapsedColumn(), TimeRemainingColumn()]
     total = tc.max_epochs * tc.epoch_trajectories
     started = time.perf_counter() - s["seconds"]
     try:
@@ -120,7 +120,7 @@ def run(cfg: DictConfig) -> dict:
                 # Early stopping: freeze, validate, keep the best.
                 s["epoch"] += 1
                 val = validate(task, validation, optimizer, T)
-                if val < s["best_val"]:
+                if val < s["best_val"] * (1 - tc.min_improvement):
                     s.update(best_val=val, best_epoch=s["epoch"], since_best=0)
                     save_checkpoint(run_dir / "best.pt", cfg, optimizer, epoch=s["epoch"], val_loss=val)
                 else:

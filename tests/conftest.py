@@ -1,0 +1,19 @@
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from l2lcli.config import compose
+
+# Small enough for the default suite: a few seconds per meta-training run on 2 cores.
+TINY = ["train.batch_size=16", "train.epoch_trajectories=3", "train.max_epochs=2", "train.validation_problems=32",
+        "eval.problems=32", "task.steps=20", "train.unroll=5", "sweep.lr_num=5"]
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    """Compose the real config from conf/ with overrides, writing runs under tmp_path."""
+
+    def make(*overrides, tiny=True):
+        return compose([f"out_dir={tmp_path / 'outputs'}", *(TINY if tiny else []), *overrides])
+
+    yield make
+    GlobalHydra.instance().clear()

@@ -1,0 +1,147 @@
+"""The `l2l` command as a user runs it: exit codes, one-line errors, the files each command leaves."""
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from l2lcli.cli import app
+from tests.conftest import TINY
+
+runner = CliRunner()
+
+
+def l2l(*args, out: Path):
+    return runner.invoke(app, [args[0], f"out_dir={out}", *TINY, *args[1:]])
+
+
+def one_line_error(res, fragment):
+    assert res.exit_code == 2, res.output
+    lines = [s for s in res.output.strip().splitlines() if s.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and fragment in lines[0], res.output
+    assert "Traceback" not in res.output
+
+
+def test_help_lists_commands_and_group_choices():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for word in ("meta-train", "evaluate", "sweep-baselines", "experiment", "quadratic", "lstm", "rmsprop", "auto"):
+        assert word in res.output
+    res = runner.invoke(app, ["evaluate", "--help"])
+    assert "--checkpoint" in res.output and "--baselines" in res.output
+
+
+def test_experiment_end_to_end(tmp_path):
+    res = l2l("experiment", out=tmp_path)
+    assert res.exit_code == 0, res.output
+    assert "ratio_to_best_baseline" in res.output.replace("\n", "") or "ratio" in res.output
+    ev = next((tmp_path / "evaluate" / "quadratic").iterdir())
+    summary = pd.read_csv(ev / "summary.csv")
+    assert list(summary["optimizer"]) == ["lstm", "sgd", "rmsprop", "adam", "nag"]
+    assert {"final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"} <= set(summary.columns)
+    best_base = summary.loc[~summary["learned"], "final_loss"].min()
+    assert summary["ratio_to_best_baseline"].iloc[0] == pytest.approx(summary["final_loss"].iloc[0] / best_base)
+    curves = pd.read_csv(ev / "curves.csv")
+    assert len(curves) == 5 * 21 and curves["step"].max() == 20
+    assert (ev / "curves.png").stat().st_size > 1000 and (ev / "config.yaml").is_file()
+    sw = next((tmp_path / "sweep-baselines" / "quadratic").iterdir())
+    sweep = pd.read_csv(sw / "sweep.csv")
+    assert len(sweep) == 4 * 5 and (sw / "sweep.png").is_file()
+    best = pd.read_csv(sw / "best.csv")
+    # the evaluated baselines ran at the swept best learning rates
+    merged = summary.merge(best, on="optimizer", suffixes=("", "_swept"))
+    assert (merged["lr"] == merged["lr_swept"]).all()
+
+
+def test_evaluate_inherits_the_checkpoint_config_and_allows_longer_horizons(tmp_path):
+    assert l2l("meta-train", "optimizer.hidden=8", out=tmp_path).exit_code == 0
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    res = l2l("evaluate", "--checkpoint", str(run), "eval.steps=40", out=tmp_path)
+    assert res.exit_code == 0, res.output
+    ev = next((tmp_path / "evaluate" / "quadratic").iterdir())
+    assert pd.read_csv(ev / "curves.csv")["step"].max() == 40
+    assert "hidden: 8" in (ev / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["meta-train", "task=cifar100"], "unknown task 'cifar100'"),
+    (["meta-train", "optimizer=adamw"], "unknown optimizer 'adamw'"),
+    (["meta-train", "device=tpu"], "unknown device 'tpu'"),
+    (["meta-train", "train.unrol=5"], "train.unrol"),
+    (["meta-train", "trainunroll"], "malformed override"),
+    (["meta-train", "task.steps=0"], "task.steps=0"),
+    (["meta-train", "task.steps=-5"], "task.steps=-5"),
+    (["meta-train", "train.unroll=50"], "longer than the horizon"),
+    (["meta-train", "train.meta_lr=-1"], "train.meta_lr=-1"),
+    (["meta-train", "train.batch_size=0"], "train.batch_size=0"),
+    (["meta-train", "optimizer=adam"], "nothing to meta-train"),
+    (["evaluate", "optimizer=sgd", "optimizer.lr=0"], "optimizer.lr=0"),
+    (["evaluate", "optimizer=lstm"], "pass --checkpoint"),
+    (["evaluate", "--checkpoint", "/no/such/run"], "not found"),
+    (["evaluate", "optimizer=adam", "--baselines", "/no/such/sweep"], "not found"),
+    (["evaluate", "optimizer=adam", "eval.steps=0"], "eval.steps=0"),
+    (["sweep-baselines", "sweep.lr_num=0"], "sweep grid is empty"),
+    (["sweep-baselines", "sweep.optimizers=[]"], "sweep grid is empty"),
+    (["sweep-baselines", "sweep.optimizers=[adam,lstm]"], "not a baseline"),
+    (["sweep-baselines", "sweep.lr_min=1", "sweep.lr_max=0.1"], "below"),
+    (["sweep-baselines", "eval.problems=0"], "eval.problems=0"),
+])
+def test_bad_invocations_get_one_line_and_exit_2(tmp_path, args, fragment):
+    one_line_error(l2l(*args, out=tmp_path), fragment)
+    assert not list(tmp_path.glob("**/*.csv"))  # nothing half-written that looks like a result
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    one_line_error(l2l("meta-train", "device=cuda", out=tmp_path), "no CUDA GPU")
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    res = runner.invoke(app, ["sweep-baselines", f"out_dir={blocker}", *TINY])
+    one_line_error(res, "cannot create a run folder")
+
+
+def _trained(tmp_path) -> Path:
+    assert l2l("meta-train", out=tmp_path).exit_code == 0
+    return next((tmp_path / "meta-train" / "quadratic").iterdir())
+
+
+def test_corrupt_foreign_and_mismatched_checkpoints(tmp_path):
+    run = _trained(tmp_path)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((run / "best.pt").read_bytes()[:300])
+    one_line_error(l2l("evaluate", "--checkpoint", str(truncated), out=tmp_path), "corrupt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    one_line_error(l2l("evaluate", "--checkpoint", str(foreign), out=tmp_path), "not an l2l checkpoint")
+    one_line_error(l2l("evaluate", "--checkpoint", str(run), "optimizer=lstm_gac", out=tmp_path),
+                   "cannot be evaluated with optimizer=lstm_gac")
+
+
+
+def test_a_malicious_pickle_runs_no_code(tmp_path):
+    marker = tmp_path / "PWNED"
+
+    class Exploit:
+        def __reduce__(self):
+            return (Path.write_text, (marker, "code ran"))
+
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "l2l-checkpoint", "payload": Exploit()}, f)
+    torch.save({"format": "l2l-checkpoint", "version": 1, "payload": Exploit()}, tmp_path / "evil2.pt")
+    for path in (evil, tmp_path / "evil2.pt"):
+        one_line_error(l2l("evaluate", "--checkpoint", str(path), out=tmp_path), "corrupt or not an l2l")
+    assert not marker.exists()
+
+
+def test_console_script_is_installed():
+    res = subprocess.run([sys.executable, "-m", "l2lcli.cli", "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and "meta-train" in res.stdout

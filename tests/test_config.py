@@ -1,0 +1,72 @@
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from l2lcli.config import L2LError, baseline_config, check, compose, group_choices
+
+
+def test_defaults_compose_to_the_paper_quadratic():
+    cfg = compose()
+    assert cfg.task.name == "quadratic" and cfg.task.dim == 10 and cfg.task.steps == 100
+    assert cfg.optimizer.name == "lstm" and cfg.optimizer.hidden == 20 and cfg.optimizer.layers == 2
+    assert cfg.train.unroll == 20 and cfg.train.meta_loss == "sum" and cfg.train.second_derivatives is False
+    assert cfg.optimizer.preprocess == cfg.task.preprocess  # resolved interpolation
+
+
+def test_group_choices_are_read_from_the_shipped_conf():
+    assert {"sgd", "rmsprop", "adam", "nag", "lstm", "lstm_gac"} <= set(group_choices("optimizer"))
+    assert {"cpu", "cuda", "auto"} == set(group_choices("device"))
+    assert "quadratic" in group_choices("task")
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("task=nope", "unknown task 'nope': choose one of"),
+    ("optimizer=lstmm", "unknown optimizer 'lstmm'"),
+    ("train.unrol=5", "train.unrol"),
+    ("justaword", "malformed override"),
+    ("train.unroll=[", "bad override"),
+])
+def test_bad_overrides_raise_one_clear_line(override, fragment):
+    with pytest.raises(L2LError) as e:
+        compose([override])
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("task.steps=0", "task.steps=0 is invalid"),
+    ("train.unroll=-1", "train.unroll=-1 is invalid"),
+    ("train.unroll=200", "longer than the horizon"),
+    ("train.meta_lr=0", "train.meta_lr=0"),
+    ("train.meta_loss=max", "train.meta_loss=max is unknown"),
+    ("eval.problems=0", "eval.problems=0"),
+])
+def test_check_rejects_meaningless_values(override, fragment):
+    with pytest.raises(L2LError, match=fragment.replace("[", r"\[")):
+        check(compose([override]), "meta-train")
+
+
+def test_baseline_config_has_torch7_defaults():
+    adam = baseline_config("adam", lr=0.5)
+    assert (adam.lr, adam.beta1, adam.beta2, adam.eps) == (0.5, 0.9, 0.999, 1e-8)
+    assert baseline_config("nag").momentum == 0.9 and baseline_config("rmsprop").alpha == 0.99
+
+
+def test_conf_ships_inside_the_wheel(tmp_path):
+    """The configs must be found from an installed wheel, not only from a checkout."""
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(root)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("l2lcli-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in ("l2lcli/conf/config.yaml", "l2lcli/conf/task/quadratic.yaml", "l2lcli/conf/optimizer/lstm.yaml",
+              "l2lcli/conf/device/cpu.yaml"):
+        assert f in names
+    # and composing from the installed wheel alone works
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "from l2lcli.config import compose; print(compose(['task=quadratic']).task.name)"
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert res.stdout.strip() == "quadratic", res.stderr

@@ -1,0 +1,76 @@
+import math
+
+import pytest
+import torch
+
+from l2lcli.config import build
+from l2lcli.learned import LSTMOptimizer, preprocess
+
+
+def _lstm(**kw):
+    torch.manual_seed(0)
+    args = dict(name="lstm", hidden=20, layers=2, gac=0, preprocess="log_sign", p=10.0, output_scale=0.1)
+    return LSTMOptimizer(**{**args, **kw})
+
+
+def _run(opt, grads_seq, params):
+    state = opt.init_state(params)
+    for g in grads_seq:
+        params, state = opt.step(params, g, state)
+    return params
+
+
+def test_preprocess_is_appendix_a():
+    p = 10.0
+    g = torch.tensor([3.0, -1e-2, 1e-6, -1e-7, 0.0])
+    x = preprocess(g, "log_sign", p)
+    assert x.shape == (5, 2)
+    torch.testing.assert_close(x[0], torch.tensor([math.log(3.0) / p, 1.0]))
+    torch.testing.assert_close(x[1], torch.tensor([math.log(1e-2) / p, -1.0]))
+    # |g| < e^-p: (-1, e^p g)
+    torch.testing.assert_close(x[2], torch.tensor([-1.0, math.exp(p) * 1e-6]))
+    torch.testing.assert_close(x[4], torch.tensor([-1.0, 0.0]))
+    assert preprocess(g, "none", p).shape == (5, 1)
+
+
+def test_updates_are_coordinatewise_and_order_invariant():
+    opt = _lstm()
+    params = {"w": torch.zeros(3, 7)}
+    grads = [{"w": torch.randn(3, 7)} for _ in range(4)]
+    out = _run(opt, grads, dict(params))
+    perm = torch.randperm(7)
+    out_p = _run(opt, [{"w": g["w"][:, perm]} for g in grads], dict(params))
+    torch.testing.assert_close(out_p["w"], out["w"][:, perm])
+
+
+def test_problems_in_a_batch_do_not_interact():
+    opt = _lstm()
+    grads = [{"w": torch.randn(4, 6)} for _ in range(3)]
+    both = _run(opt, grads, {"w": torch.zeros(4, 6)})
+    alone = _run(opt, [{"w": g["w"][1:2]} for g in grads], {"w": torch.zeros(1, 6)})
+    torch.testing.assert_close(both["w"][1:2], alone["w"])
+
+
+def test_output_scale_scales_the_update():
+    g = [{"w": torch.randn(2, 5)}]
+    a = _run(_lstm(output_scale=0.1), g, {"w": torch.zeros(2, 5)})["w"]
+    b = _run(_lstm(output_scale=1.0), g, {"w": torch.zeros(2, 5)})["w"]
+    torch.testing.assert_close(b, 10 * a)
+
+
+def test_named_groups_get_separate_networks():
+    opt = _lstm(groups={"conv": ["conv"], "fc": ["fc"]})
+    assert set(opt.nets) == {"conv", "fc"}
+    params = {"conv1.w": torch.zeros(2, 3, 3), "fc.w": torch.zeros(2, 4), "fc.b": torch.zeros(2, 2)}
+    assert opt.assign(params) == {"conv": ["conv1.w"], "fc": ["fc.b", "fc.w"]}
+    out = _run(opt, [{k: torch.randn_like(v) for k, v in params.items()}], params)
+    assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in params.items()}
+    with pytest.raises(ValueError, match="matches no group"):
+        opt.assign({"bn.w": torch.zeros(2, 1)})
+
+
+def test_lstm_config_builds_the_paper_architecture(make_cfg):
+    opt = build(make_cfg().optimizer)
+    net = opt.nets["all"]
+    assert len(net.cells) == 2 and all(c.hidden_size == 20 for c in net.cells)
+    assert opt.learned
