@@ -13,7 +13,7 @@ import torch
 SPLITS = ("train", "validation", "test")
 
 
-def problem_rng(split: str, seed: int, index: int = 0) -> np.random.Generator:
+def problem_rng(split: str, seed: int, index: int = 0, step: int = -1) -> np.random.Generator:
     """The random stream of one problem batch, keyed by (split, seed, index) through numpy's SeedSequence.
 
     torch.manual_seed keeps only 32 bits of its seed, so packing the three into one integer would make splits
@@ -23,7 +23,8 @@ def problem_rng(split: str, seed: int, index: int = 0) -> np.random.Generator:
         raise ValueError(f"unknown split {split!r}")
     if not (0 <= seed < 2**64 and 0 <= index < 2**64):
         raise ValueError("seed and index must be in [0, 2^64)")
-    words = [SPLITS.index(split), seed & 0xFFFFFFFF, seed >> 32, index & 0xFFFFFFFF, index >> 32]  # fixed width
+    # fixed width: a variable-length key could collide with another key's zero padding
+    words = [SPLITS.index(split), seed & 0xFFFFFFFF, seed >> 32, index & 0xFFFFFFFF, index >> 32, step + 1]
     return np.random.default_rng(np.random.SeedSequence(words))
 
 
@@ -98,3 +99,85 @@ class Quadratic(Task):
             y = torch.from_numpy(rng.random((n, d), dtype=np.float32))
             theta0 = randn(rng, n, d, std=0.01)
         return QuadraticProblems(W.to(device), y.to(device), theta0.to(device))
+
+
+class MLPProblems(Problems):
+    """B multilayer perceptrons on one image split; problem b draws its own minibatch at every step."""
+
+    def __init__(self, data, init: dict, activation: str, minibatch: int, key: tuple):
+        self.images, self.labels, self.params0 = data.images, data.labels, init
+        self.batch = next(iter(init.values())).shape[0]
+        self.act = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}[activation]
+        self.minibatch, self.key, self._cached = minibatch, key, (None, None)
+
+    def init_params(self):
+        return {k: v.clone() for k, v in self.params0.items()}
+
+    def indices(self, t: int) -> torch.Tensor:
+        """The minibatch of every problem at step t, [B, minibatch]: a function of the problem key and t only."""
+        if self._cached[0] != t:
+            rng = problem_rng(*self.key, step=t)
+            idx = torch.from_numpy(rng.integers(0, len(self.labels), (self.batch, self.minibatch)))
+            self._cached = (t, idx.to(self.labels.device))
+        return self._cached[1]
+
+    def loss(self, params, t):
+        idx = self.indices(t)
+        x, y = self.images[idx], self.labels[idx]  # [B, m, 784], [B, m]
+        B, m = y.shape
+        R = params["out.w"].shape[0] // B
+        names = sorted(k[:-2] for k in params if k.endswith(".w") and k != "out.w") + ["out"]
+        for i, name in enumerate(names):
+            w, b = params[f"{name}.w"], params[f"{name}.b"]
+            w, b = w.view(R, B, *w.shape[1:]), b.view(R, B, 1, -1)
+            if i == 0:  # the images are shared by all replicas: one bmm over [B] with replicas as extra columns
+                d_out = w.shape[-1]
+                h = torch.bmm(x, w.permute(1, 2, 0, 3).reshape(B, -1, R * d_out))
+                h = h.view(B, m, R, d_out).permute(2, 0, 1, 3) + b
+            else:
+                h = torch.matmul(h, w) + b
+            if name != "out":
+                h = self.act(h)
+        logp = torch.log_softmax(h, -1)
+        nll = -logp.gather(-1, y.expand(R, B, m).unsqueeze(-1)).squeeze(-1)
+        return nll.mean(-1).reshape(-1)
+
+
+class MNIST(Task):
+    """Paper section 3.2: an MLP (sigmoid, 20 hidden units) on MNIST, cross-entropy, minibatches of 128."""
+
+    def __init__(self, hidden: int = 20, layers: int = 1, activation: str = "sigmoid", minibatch: int = 128,
+                 init_std: float = 0.01, source: str = "auto", root: str = "data", **kw):
+        super().__init__(**kw)
+        if activation not in ("sigmoid", "relu", "tanh"):
+            raise ValueError(f"task.activation={activation} is unknown: choose sigmoid, relu or tanh")
+        self.hidden, self.layers, self.activation = int(hidden), int(layers), activation
+        self.minibatch, self.init_std, self.source, self.root = int(minibatch), float(init_std), source, root
+        self._data, self._info = None, {}
+
+    def splits(self):
+        if self._data is None:
+            from .data import load_mnist
+            self._data, self._info = load_mnist(self.source, self.root)
+        return self._data
+
+    def describe(self):
+        self.splits()
+        return dict(self._info)
+
+    def shapes(self) -> dict[str, tuple]:
+        sizes = [784] + [self.hidden] * self.layers
+        shapes = {}
+        for i in range(self.layers):
+            shapes[f"layer{i}.w"], shapes[f"layer{i}.b"] = (sizes[i], sizes[i + 1]), (sizes[i + 1],)
+        shapes["out.w"], shapes["out.b"] = (sizes[-1], 10), (10,)
+        return shapes
+
+    def sample(self, split, n, seed, index=0, device="cpu"):
+        data = self.splits()[split]
+        rng = problem_rng(split, seed, index)
+        init = {k: randn(rng, n, *s, std=self.init_std).to(device) for k, s in self.shapes().items()}
+        if data.images.device != torch.device(device):
+            data = type(data)(data.images.to(device), data.labels.to(device))
+            self._data[split] = data
+        return MLPProblems(data, init, self.activation, self.minibatch, (split, seed, index))
