@@ -77,6 +77,8 @@ def _print_meta_train(r: dict) -> None:
     out.print(f"meta-train {r['task']}/{r['optimizer']}: best validation loss {r['best_val_loss']:.4g} at epoch "
               f"{r['best_epoch']} of {r['epochs']} ({r['stop_reason']}), {r['optimizee_steps_per_second']:.0f} "
               f"optimizee steps/s -> {r['checkpoint']}")
+    if r["stop_reason"] == "interrupted":
+        raise typer.Exit(130)
 
 
 def _print_sweep(r: dict) -> None:
@@ -125,6 +127,21 @@ def experiment(overrides: list[str] | None = OVERRIDES):
     _print_sweep(swept)
     _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": trained["checkpoint"],
                                                       "eval.baselines": swept["run_dir"]}))
+
+
+@data_app.command("download", context_settings=EXTRA,
+                  help="Download a dataset into data.root, checking each file's md5 (needs a network).")
+def data_download(dataset: str = typer.Argument(..., help="mnist"), overrides: list[str] | None = OVERRIDES):
+    from .data import download_mnist
+
+    try:
+        if dataset != "mnist":
+            raise L2LError(f"unknown dataset '{dataset}': choose mnist")
+        root = compose(list(overrides or [])).data.root
+        files = download_mnist(root)
+    except L2LError as e:
+        _fail(str(e))
+    out.print(f"mnist: {len(files)} files verified in {root}")
 
 
 def main() -> None:

@@ -124,9 +124,9 @@ def load_mnist(source: str, root: str | Path) -> tuple[dict[str, Split], dict]:
     return splits, info
 
 
-def download_mnist(root: str | Path, mirrors=MNIST_MIRRORS, checksums=MNIST_FILES, timeout: float = 30) -> list[Path]:
+def download_mnist(root: str | Path, mirrors=None, checksums=MNIST_FILES, timeout: float = 30) -> list[Path]:
     """Fetch the four MNIST .gz files into root, verifying each md5; files already there and valid are kept."""
-    root = Path(root)
+    root, mirrors = Path(root), mirrors or MNIST_MIRRORS
     root.mkdir(parents=True, exist_ok=True)
     done = []
     for name, md5 in checksums.items():

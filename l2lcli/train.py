@@ -38,6 +38,30 @@ def validate(task, problems, optimizer, steps: int) -> float:
     return final if math.isfinite(final) else math.inf
 
 
+def trajectory(problems, optimizer, meta, T: int, tc) -> tuple[float, bool]:
+    """One trajectory on a fresh problem batch: T steps cut into unrolls of tc.unroll, a meta step after each.
+
+    Returns the trajectory's mean loss, and False if a meta step was not finite (nothing was changed then, and the
+    rest of the trajectory, whose optimizee has blown up, is dropped).
+    """
+    params = problems.init_params()
+    state = optimizer.init_state(params)
+    params, loss, grads = loss_and_grads(problems, params, 0)
+    meta_loss, mean_loss = 0.0, 0.0
+    for t in range(1, T + 1):
+        params, state = optimizer.step(params, grads, state)
+        params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
+                                             create_graph=tc.second_derivatives)
+        meta_loss = meta_loss + meta_loss_term(loss, t, T, tc.meta_loss)
+        mean_loss += loss.detach().mean().item() / T
+        if t % tc.unroll == 0 or t == T:
+            if not _meta_step(optimizer, meta, meta_loss, tc.grad_clip):
+                return mean_loss, False
+            meta_loss = 0.0
+            params, state, grads = tree_detach(params), tree_detach(state), tree_detach(grads)
+    return mean_loss, True
+
+
 def run(cfg: DictConfig) -> dict:
     """Meta-train `cfg.optimizer` on `cfg.task`; writes best.pt, last.pt, train_log.csv, summary.json."""
     if cfg.train.resume:
@@ -54,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
                        "ntm_bfgs or ntm_lbfgs (baselines are tuned with `l2l sweep-baselines`)")
     optimizer.to(device)
     meta = torch.optim.Adam(optimizer.parameters(), lr=cfg.train.meta_lr)
-    tc, T, U, B = cfg.train, cfg.task.steps, cfg.train.unroll, cfg.train.batch_size
+    tc, T, B = cfg.train, cfg.task.steps, cfg.train.batch_size
     validation = task.sample("validation", tc.validation_problems, cfg.seed, device=device)
 
     s = {"epoch": 0, "trajectories": 0, "best_val": math.inf, "best_epoch": -1, "since_best": 0, "bad": 0,
@@ -88,34 +112,19 @@ def run(cfg: DictConfig) -> dict:
                     group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s["epoch"]
                 epoch_losses = []
                 for _ in range(tc.epoch_trajectories):
-                    # One trajectory: a fresh problem batch, T steps cut into unrolls of U, a meta step after each.
                     problems = task.sample("train", B, cfg.seed, index=s["trajectories"], device=device)
                     s["trajectories"] += 1
-                    params = problems.init_params()
-                    state = optimizer.init_state(params)
-                    params, loss, grads = loss_and_grads(problems, params, 0)
-                    meta_loss, traj_loss = 0.0, 0.0
-                    for t in range(1, T + 1):
-                        params, state = optimizer.step(params, grads, state)
-                        params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
-                                                             create_graph=tc.second_derivatives)
-                        meta_loss = meta_loss + meta_loss_term(loss, t, T, tc.meta_loss)
-                        traj_loss += loss.detach().mean().item() / T
-                        if t % U and t != T:
-                            continue
-                        if not _meta_step(optimizer, meta, meta_loss, tc.grad_clip):
-                            s["bad"] += 1
-                            s["bad_total"] += 1
-                            console.print(f"[yellow]non-finite meta step skipped ({s['bad']} in a row)")
-                            if s["bad"] >= tc.max_bad_steps:
-                                raise _Diverged()
-                            break  # this trajectory's optimizee has blown up: start a fresh one
-                        s["bad"] = 0
-                        meta_loss = 0.0
-                        params, state = tree_detach(params), tree_detach(state)
-                        grads = tree_detach(grads)
-                    epoch_losses.append(traj_loss)
-                    progress.update(bar, advance=1, meta=traj_loss)
+                    loss, ok = trajectory(problems, optimizer, meta, T, tc)
+                    if not ok:
+                        s["bad"] += 1
+                        s["bad_total"] += 1
+                        console.print(f"[yellow]non-finite meta step skipped ({s['bad']} in a row)")
+                        if s["bad"] >= tc.max_bad_steps:
+                            raise _Diverged()
+                        continue
+                    s["bad"] = 0
+                    epoch_losses.append(loss)
+                    progress.update(bar, advance=1, meta=loss)
 
                 # Early stopping: freeze, validate, keep the best.
                 s["epoch"] += 1
@@ -127,7 +136,8 @@ def run(cfg: DictConfig) -> dict:
                     s["since_best"] += 1
                 s["seconds"] = time.perf_counter() - started
                 s["log"].append({"epoch": s["epoch"], "trajectories": s["trajectories"],
-                                 "meta_loss": sum(epoch_losses) / max(len(epoch_losses), 1), "val_loss": val,
+                                 "meta_loss": sum(epoch_losses) / len(epoch_losses) if epoch_losses else math.nan,
+                                 "val_loss": val,
                                  "best_val_loss": s["best_val"], "meta_lr": meta.param_groups[0]["lr"],
                                  "bad_steps": s["bad_total"], "seconds": s["seconds"]})
                 write_csv(run_dir / "train_log.csv", pd.DataFrame(s["log"]))
@@ -143,6 +153,7 @@ def run(cfg: DictConfig) -> dict:
         console.print(f"[yellow]interrupted after epoch {s['epoch']}; the last finished epoch is saved. Resume with:"
                       f"\n  l2l meta-train train.resume={run_dir}")
         stop_reason = "interrupted"
+        s["trajectories"] = s["log"][-1]["trajectories"] if s["log"] else 0  # report what was saved
     except _Diverged:
         raise L2LError(f"meta-training diverged: {tc.max_bad_steps} non-finite meta steps in a row; the best "
                        f"checkpoint so far is in {run_dir}. Lower train.meta_lr or set train.grad_clip") from None

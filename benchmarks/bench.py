@@ -1,0 +1,168 @@
+"""l2l's speed in one run: meta-training throughput against a straightforward reference, evaluation, sweeps,
+the learned optimizer's cost per step relative to ADAM, and how far each stands from a rough compute bound.
+
+    python benchmarks/bench.py [--repeats 3] [--skip-mnist]
+
+Prints a table; medians over --repeats. Run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from l2lcli.config import baseline_config, build, compose
+from l2lcli.learned import tree_detach
+from l2lcli.rollout import rollout
+from l2lcli.sweep import lr_grid, sweep_baseline
+from l2lcli.train import trajectory
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(repeats: int) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    return 2 * 1024**3 / median_time(lambda: [a @ b for _ in range(10)], repeats) * 10 / 1e9
+
+
+def lstm_flops_per_coordinate(net) -> float:
+    """Multiply-adds x2 of the coordinatewise LSTM's matrix work, forward only."""
+    return sum(2 * p.numel() for n, p in net.named_parameters() if "weight" in n)
+
+
+# --- the reference: how typical reimplementations meta-train, one optimizee at a time -------------------------
+def naive_trajectory(problems, optimizer, meta, T: int, unroll: int) -> None:
+    """Per problem, per step, in Python; the optimizee loss is evaluated twice per step (meta-loss and gradient)."""
+    for b in range(problems.batch):
+        single = {k: v[b : b + 1] for k, v in problems.init_params().items()}
+        params, state, meta_loss = single, optimizer.init_state(single), 0.0
+        for t in range(T):
+            leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+            grads = torch.autograd.grad(_one(problems, leaves, t, b).sum(), list(leaves.values()))
+            params, state = optimizer.step(params, dict(zip(leaves, grads, strict=True)), state)
+            meta_loss = meta_loss + _one(problems, params, t + 1, b).sum()
+            if (t + 1) % unroll == 0:
+                meta.zero_grad()
+                meta_loss.backward()
+                meta.step()
+                meta_loss = 0.0
+                params, state = tree_detach(params), tree_detach(state)
+
+
+def _one(problems, params, t, b):
+    """Problem b's loss alone (the batched task code, sliced to one problem)."""
+    sliced = type(problems).__new__(type(problems))
+    sliced.__dict__.update(problems.__dict__)
+    sliced.batch = 1
+    for name in ("W", "y", "theta0"):
+        if hasattr(problems, name):
+            setattr(sliced, name, getattr(problems, name)[b : b + 1])
+    if hasattr(problems, "indices"):
+        idx = problems.indices(t)[b : b + 1]
+        sliced.indices = lambda _t, idx=idx: idx
+        sliced._cached = (None, None)
+    return sliced.loss(params, t)
+
+
+def same_meta_gradient(cfg, task) -> float:
+    """Max relative difference between l2l's batched meta-gradient and the reference's, problem by problem."""
+    tc = OmegaConf.merge(cfg.train, {"grad_clip": None, "unroll": cfg.task.steps})
+
+    def gradient(run):
+        torch.manual_seed(0)
+        optimizer = build(cfg.optimizer)
+        meta = torch.optim.SGD(optimizer.parameters(), lr=0.0)  # lr 0: the weights stay, the gradient is kept
+        run(optimizer, meta)
+        return torch.cat([p.grad.flatten() for p in optimizer.parameters()])
+
+    problems = task.sample("train", 3, 0)
+    batched = gradient(lambda o, m: trajectory(problems, o, m, cfg.task.steps, tc))
+    ref = sum(gradient(lambda o, m, b=b: naive_trajectory(_slice(problems, b), o, m, cfg.task.steps, cfg.task.steps))
+              for b in range(3)) / 3
+    return ((batched - ref).abs().max() / ref.abs().max()).item()
+
+
+def _slice(problems, b):
+    return type(problems)(problems.W[b : b + 1], problems.y[b : b + 1], problems.theta0[b : b + 1])
+
+
+def meta_training(task_name: str, batch: int, naive_batch: int, repeats: int, rows: list, gflops: float):
+    cfg = compose([f"task={task_name}"])
+    task = build(cfg.task)
+    torch.manual_seed(0)
+    optimizer = build(cfg.optimizer)
+    meta = torch.optim.Adam(optimizer.parameters(), lr=1e-4)
+    T, U = cfg.task.steps, cfg.train.unroll
+    problems = task.sample("train", batch, 0)
+    fast = median_time(lambda: trajectory(problems, optimizer, meta, T, cfg.train), repeats)
+    small = task.sample("train", naive_batch, 0)
+    slow = median_time(lambda: naive_trajectory(small, optimizer, meta, T, U), max(1, repeats // 2))
+    l2l_rate, naive_rate = batch * T / fast, naive_batch * T / slow
+    coords = sum(v[0].numel() for v in problems.init_params().values())
+    # forward + backward of the LSTM ~ 3x its forward matrix work, per coordinate and step
+    bound = gflops * 1e9 / (3 * lstm_flops_per_coordinate(optimizer.nets["all"]) * coords)
+    rows.append((f"{task_name}: meta-training, l2l ({batch} problems/trajectory)",
+                 f"{l2l_rate:,.0f} optimizee steps/s", f"{100 * l2l_rate / bound:.0f}% of LSTM matmul bound"))
+    rows.append((f"{task_name}: meta-training, per-problem reference", f"{naive_rate:,.0f} optimizee steps/s",
+                 f"l2l is {l2l_rate / naive_rate:.1f}x faster"))
+    return cfg, task, optimizer
+
+
+def cost_per_step(cfg, task, optimizer, problems_n: int, repeats: int, rows: list):
+    problems = task.sample("test", problems_n, 0)
+    adam = build(baseline_config("adam"))
+    t_lstm = statistics.median(rollout(problems, optimizer, cfg.task.steps)[1] for _ in range(repeats))
+    t_adam = statistics.median(rollout(problems, adam, cfg.task.steps)[1] for _ in range(repeats))
+    rows.append((f"{cfg.task.name}: learned optimizer step vs ADAM step ({problems_n} problems)",
+                 f"{1e3 * t_lstm:.2f} ms vs {1e3 * t_adam:.2f} ms", f"{t_lstm / t_adam:.1f}x ADAM's cost"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-mnist", action="store_true")
+    args = parser.parse_args()
+    rows = []
+    gflops = matmul_gflops(args.repeats)
+    rows.append(("machine", f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
+                 f"fp32 matmul {gflops:.0f} GFLOP/s"))
+
+    cfg, task, optimizer = meta_training("quadratic", 128, 4, args.repeats, rows, gflops)
+    diff = same_meta_gradient(cfg, task)
+    rows.append(("quadratic: l2l meta-gradient vs the reference's", f"max rel. diff {diff:.1e}", "same results"))
+    problems = task.sample("test", 256, 0)
+    t_eval = median_time(lambda: rollout(problems, optimizer, 100), args.repeats)
+    rows.append(("quadratic: evaluate learned optimizer, 256 problems x 100 steps", f"{t_eval:.2f} s", ""))
+    sweep_cfg = compose([])
+    lrs = lr_grid(sweep_cfg)
+    t_sweep = median_time(lambda: [sweep_baseline(n, lrs, problems, 100) for n in sweep_cfg.sweep.optimizers],
+                          args.repeats)
+    rows.append((f"quadratic: sweep 4 baselines x {len(lrs)} lrs x 256 problems x 100 steps", f"{t_sweep:.2f} s",
+                 f"{4 * len(lrs) * 256 * 100 / t_sweep:,.0f} optimizee steps/s"))
+    cost_per_step(cfg, task, optimizer, 256, args.repeats, rows)
+
+    if not args.skip_mnist:
+        cfg, task, optimizer = meta_training("mnist", 1, 1, max(1, args.repeats // 2), rows, gflops)
+        cost_per_step(cfg, task, optimizer, 1, args.repeats, rows)
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'benchmark':<{width}}  {'figure':<34}  note")
+    for name, figure, note in rows:
+        print(f"{name:<{width}}  {figure:<34}  {note}")
+
+
+if __name__ == "__main__":
+    main()

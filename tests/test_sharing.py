@@ -1,0 +1,89 @@
+"""Optimizers that share information between coordinates (Appendix D): LSTM+GAC, NTM-BFGS, NTM-L-BFGS."""
+
+import pytest
+import torch
+
+from l2lcli.config import L2LError, build
+from l2lcli.learned import LSTMOptimizer
+
+
+def _opt(make_cfg, name, *overrides):
+    torch.manual_seed(0)
+    return build(make_cfg(f"optimizer={name}", *overrides).optimizer)
+
+
+def _run(opt, grads, N, n):
+    params = {"w": torch.zeros(N, n)}
+    state = opt.init_state(params)
+    for g in grads:
+        params, state = opt.step(params, {"w": g}, state)
+    return params["w"], state
+
+
+@pytest.mark.parametrize("name", ["lstm_gac", "ntm_bfgs", "ntm_lbfgs"])
+def test_permuting_coordinates_permutes_updates(make_cfg, name):
+    opt = _opt(make_cfg, name)
+    grads = [torch.randn(2, 9) for _ in range(4)]
+    perm = torch.randperm(9)
+    out, _ = _run(opt, grads, 2, 9)
+    out_p, _ = _run(opt, [g[:, perm] for g in grads], 2, 9)
+    torch.testing.assert_close(out_p, out[:, perm], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["lstm_gac", "ntm_bfgs"])
+def test_problems_in_a_batch_stay_separate(make_cfg, name):
+    opt = _opt(make_cfg, name)
+    grads = [torch.randn(3, 6) for _ in range(3)]
+    both, _ = _run(opt, grads, 3, 6)
+    alone, _ = _run(opt, [g[2:] for g in grads], 1, 6)
+    torch.testing.assert_close(both[2:], alone, rtol=1e-5, atol=1e-7)
+
+
+def test_averaged_cells_are_equal_across_coordinates(make_cfg):
+    opt = _opt(make_cfg, "lstm_gac", "optimizer.gac=3")
+    _, state = _run(opt, [torch.randn(2, 7) for _ in range(2)], 2, 7)
+    for h, _ in state["all"]:
+        h = h.view(2, 7, -1)
+        assert torch.allclose(h[:, :, :3], h[:, :1, :3].expand(-1, 7, -1))  # shared within a problem
+        assert not torch.allclose(h[0, :, :3], h[1, :, :3])                  # not across problems
+        assert not torch.allclose(h[:, :, 3:], h[:, :1, 3:].expand(-1, 7, -1))
+
+
+def test_zero_gacs_is_the_plain_lstm(make_cfg):
+    gac0 = _opt(make_cfg, "lstm_gac", "optimizer.gac=0")
+    plain = _opt(make_cfg, "lstm")
+    assert isinstance(gac0, LSTMOptimizer)
+    grads = [torch.randn(2, 5) for _ in range(3)]
+    torch.testing.assert_close(_run(gac0, grads, 2, 5)[0], _run(plain, grads, 2, 5)[0])
+
+
+def test_lbfgs_history_covering_every_write_equals_the_dense_memory(make_cfg):
+    dense = _opt(make_cfg, "ntm_bfgs")
+    history = _opt(make_cfg, "ntm_lbfgs", "optimizer.history=15")  # 5 steps x 3 write heads
+    history.load_state_dict(dense.state_dict())
+    grads = [torch.randn(2, 8) for _ in range(5)]
+    a, sa = _run(dense, grads, 2, 8)
+    b, sb = _run(history, grads, 2, 8)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(sa["all"]["read"], sb["all"]["read"], rtol=1e-4, atol=1e-5)
+
+
+def test_lbfgs_memory_stays_bounded(make_cfg):
+    opt = _opt(make_cfg, "ntm_lbfgs", "optimizer.history=6")
+    _, state = _run(opt, [torch.randn(1, 50) for _ in range(20)], 1, 50)
+    A, B = state["all"]["memory"]
+    assert A.shape == B.shape == (1, 50, 6)
+
+
+def test_dense_memory_above_the_limit_points_to_lbfgs(make_cfg):
+    opt = _opt(make_cfg, "ntm_bfgs", "optimizer.max_memory_floats=1000")
+    with pytest.raises(L2LError, match="use optimizer=ntm_lbfgs"):
+        opt.init_state({"w": torch.zeros(1, 100)})
+
+
+@pytest.mark.parametrize("name", ["lstm_gac", "ntm_bfgs", "ntm_lbfgs"])
+def test_every_command_accepts_them(make_cfg, name):
+    from l2lcli import evaluate, train
+    r = train.run(make_cfg(f"optimizer={name}"))
+    e = evaluate.run(make_cfg(f"optimizer={name}", f"eval.checkpoint={r['checkpoint']}"))
+    assert e["rows"][0]["optimizer"] == name and e["rows"][0]["final_loss"] > 0
