@@ -59,15 +59,16 @@ def _checkpoint_overrides(checkpoint: str, overrides: list[str]) -> list[str]:
 
 
 def _invoke(command: str, overrides: list[str] | None, **extra) -> dict:
-    from . import evaluate, sweep, train
+    from . import evaluate, generalize, sweep, train
 
     overrides = list(overrides or [])
     try:
-        if command == "evaluate" and extra.get("eval.checkpoint"):
+        if command in ("evaluate", "generalize") and extra.get("eval.checkpoint"):
             overrides = _checkpoint_overrides(extra["eval.checkpoint"], overrides)
         overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
         cfg = compose(overrides)
-        runner = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run}[command]
+        runner = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run,
+                  "generalize": generalize.run}[command]
         return runner(cfg)
     except L2LError as e:
         _fail(str(e))
@@ -127,6 +128,18 @@ def experiment(overrides: list[str] | None = OVERRIDES):
     _print_sweep(swept)
     _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": trained["checkpoint"],
                                                       "eval.baselines": swept["run_dir"]}))
+
+
+@app.command(context_settings=EXTRA, short_help="A trained optimizer on task variants (paper Figures 5 and 6).",
+             help="Run a trained optimizer on task variants it never saw (generalize.figure=figure5: 40 hidden "
+                  "units, 2 layers, ReLU, 200 steps; figure6: widths x depths) against baselines tuned on each. "
+                  f"{GROUPS_HELP}")
+def generalize(overrides: list[str] | None = OVERRIDES,
+               checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file.")):
+    r = _invoke("generalize", overrides, **{"eval.checkpoint": checkpoint})
+    _table(r["table"][["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio",
+                       "verdict"]], f"{r['task']}: {r['figure']}, {r['problems']} test problems per variant")
+    out.print(f"generalize -> {r['run_dir']}")
 
 
 @data_app.command("download", context_settings=EXTRA,

@@ -1,0 +1,102 @@
+"""Generalization: a trained optimizer on task variants it never saw, against baselines tuned on each variant.
+
+Figure 5 of the paper (MNIST: 40 hidden units, 2 hidden layers, ReLU; and 200 steps) and Figure 6 (a grid of widths
+x depths), for any task whose config has the varied keys: `run(cfg) -> results`.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from .config import L2LError, baseline_config, build, check, resolve_device
+from .evaluate import curve_frame, load_optimizer
+from .plots import _save
+from .rollout import rollout
+from .runs import new_run_dir, write_csv, write_json
+from .sweep import best_rows, lr_grid, sweep_baseline
+
+
+def variants(cfg: DictConfig) -> list[dict]:
+    g = cfg.generalize
+    if g.figure == "figure5":
+        return [dict(v) for v in g.figure5]
+    if g.figure == "figure6":
+        return [{"layers": d, "hidden": w} for d, w in itertools.product(g.figure6.layers, g.figure6.hidden)]
+    raise L2LError(f"generalize.figure={g.figure} is unknown: choose figure5 or figure6")
+
+
+def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[dict, pd.DataFrame]:
+    """Tune every baseline's learning rate on this task's test problems, then run the learned optimizer on them."""
+    task = build(task_cfg)
+    steps = task_cfg.steps
+    problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
+    best = best_rows(pd.concat([sweep_baseline(n, lr_grid(cfg), problems, steps) for n in cfg.sweep.optimizers]))
+    curves = [curve_frame(cfg.optimizer.name, float("nan"), True, rollout(problems, optimizer, steps)[0])]
+    curves += [curve_frame(b.optimizer, b.lr, False, rollout(problems, build(baseline_config(b.optimizer, b.lr)),
+                                                             steps)[0]) for b in best.itertuples()]
+    curves = pd.concat(curves, ignore_index=True)
+    final = curves[curves["step"] == steps].set_index("optimizer")["mean_loss"]
+    learned = final[cfg.optimizer.name]
+    baseline = final.drop(cfg.optimizer.name)
+    row = {"learned_final_loss": learned,
+           "best_baseline": baseline.idxmin() if len(baseline) else "none",
+           "best_baseline_final_loss": baseline.min() if len(baseline) else float("nan")}
+    row["ratio"] = row["learned_final_loss"] / row["best_baseline_final_loss"]
+    row["verdict"] = "learned better" if row["ratio"] < 1 else "baseline better"
+    return row, curves
+
+
+def run(cfg: DictConfig) -> dict:
+    check(cfg, "evaluate")
+    device = resolve_device(cfg)
+    optimizer = load_optimizer(cfg, device)
+    if not optimizer.learned:
+        raise L2LError("generalize needs a learned optimizer: pass --checkpoint PATH")
+    run_dir = new_run_dir(cfg, "generalize")
+    rows, curves = [], []
+    for v in variants(cfg):
+        unknown = set(v) - set(cfg.task)
+        if unknown:
+            raise L2LError(f"task={cfg.task.name} has no key {', '.join(sorted(unknown))} to vary")
+        task_cfg = OmegaConf.merge(cfg.task, v)
+        label = " ".join(f"{k}={val}" for k, val in v.items())
+        row, c = compare(cfg, task_cfg, optimizer, device)
+        rows.append({"variant": label, **v, **row})
+        curves.append(c.assign(variant=label))
+        write_csv(run_dir / "generalize.csv", pd.DataFrame(rows))  # grows as variants finish
+    table = pd.DataFrame(rows)
+    curves = pd.concat(curves, ignore_index=True)
+    write_csv(run_dir / "curves.csv", curves)
+    plot(cfg, table, curves, run_dir / f"{cfg.generalize.figure}.png")
+    results = {"command": "generalize", "run_dir": str(run_dir), "task": cfg.task.name,
+               "figure": cfg.generalize.figure, "problems": cfg.eval.problems, "rows": rows}
+    write_json(run_dir / "summary.json", results)
+    results["table"] = table
+    return results
+
+
+def plot(cfg, table: pd.DataFrame, curves: pd.DataFrame, path) -> None:
+    if cfg.generalize.figure == "figure5":
+        fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
+        for ax, (label, df) in zip(axes[0], curves.groupby("variant", sort=False), strict=True):
+            for (name, learned), d in df.groupby(["optimizer", "learned"], sort=False):
+                ax.plot(d["step"], d["mean_loss"], "-" if learned else "--", label=name)
+            ax.set(yscale="log", title=label, xlabel="step")
+        axes[0][0].set_ylabel("mean loss")
+        axes[0][0].legend()
+    else:
+        depths = sorted(table["layers"].unique())
+        fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False, sharey=True)
+        for ax, d in zip(axes[0], depths, strict=True):
+            t = table[table["layers"] == d].sort_values("hidden")
+            ax.plot(t["hidden"], t["learned_final_loss"], "o-", label="learned")
+            ax.plot(t["hidden"], t["best_baseline_final_loss"], "s--", label="best baseline")
+            ax.set(xscale="log", yscale="log", xlabel="hidden units", title=f"{d} hidden layer(s)")
+        axes[0][0].set_ylabel("final loss")
+        axes[0][0].legend()
+    fig.tight_layout()
+    _save(fig, path)
