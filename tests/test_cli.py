@@ -90,6 +90,9 @@ def test_evaluate_inherits_the_checkpoint_config_and_allows_longer_horizons(tmp_
     (["sweep-baselines", "sweep.optimizers=[adam,lstm]"], "not a baseline"),
     (["sweep-baselines", "sweep.lr_min=1", "sweep.lr_max=0.1"], "below"),
     (["sweep-baselines", "eval.problems=0"], "eval.problems=0"),
+    (["sweep-baselines", "task=mnist", "task.source=idx", "data.root=/no/such/folder"], "l2l data download mnist"),
+    (["sweep-baselines", "task=mnist", "task.source=floppy"], "task.source=floppy is unknown"),
+    (["meta-train", "train.meta_loss=median"], "train.meta_loss=median is unknown"),
 ])
 def test_bad_invocations_get_one_line_and_exit_2(tmp_path, args, fragment):
     one_line_error(l2l(*args, out=tmp_path), fragment)

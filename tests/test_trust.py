@@ -107,3 +107,19 @@ def test_atomic_write_leaves_the_old_file_when_the_writer_dies(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic(target, dies)
     assert target.read_text() == "complete\n" and list(tmp_path.iterdir()) == [target]
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
+    proc = subprocess.Popen(_cli("meta-train", f"out_dir={tmp_path}", *RESUMABLE, "train.max_epochs=50"),
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while time.time() < deadline and not list(tmp_path.glob("meta-train/quadratic/*/last.pt")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "train.resume=" in " ".join(err.split()) and "Traceback" not in err
+    run_dir = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    assert load_checkpoint(run_dir / "last.pt")["train_state"]["epoch"] >= 1
+    assert (run_dir / "summary.json").is_file()
