@@ -36,7 +36,7 @@ def _table(df, title: str) -> None:
     for c in df.columns:
         table.add_column(c)
     for row in df.itertuples(index=False):
-        table.add_row(*(f"{v:.4g}" if isinstance(v, float) and not math.isnan(v) else str(v) for v in row))
+        table.add_row(*(("-" if math.isnan(v) else f"{v:.4g}") if isinstance(v, float) else str(v) for v in row))
     out.print(table)
 
 

@@ -95,7 +95,7 @@ def check(cfg: DictConfig, command: str) -> None:
         positive("sweep.lr_max", integer=False)
         if cfg.sweep.lr_max < cfg.sweep.lr_min:
             raise L2LError(f"sweep.lr_max={cfg.sweep.lr_max} is below sweep.lr_min={cfg.sweep.lr_min}")
-        known = [c for c in group_choices("optimizer") if not is_learned(c)]
+        known = [c for c in group_choices("optimizer") if is_baseline(c)]
         for name in cfg.sweep.optimizers:
             if name not in known:
                 raise L2LError(f"sweep.optimizers has '{name}', not a baseline: choose from {', '.join(known)}")
@@ -104,9 +104,13 @@ def check(cfg: DictConfig, command: str) -> None:
     resolve_device(cfg)
 
 
-def is_learned(optimizer_name: str) -> bool:
-    """Whether a group option of `optimizer` is a learned optimizer (it has weights to meta-train)."""
-    return optimizer_name.startswith(("lstm", "ntm"))
+def is_baseline(optimizer_name: str) -> bool:
+    """Whether a group option of `optimizer` is a hand-designed baseline (no weights to meta-train)."""
+    return str(_option("optimizer", optimizer_name).get("_target_", "")).startswith("l2lcli.baselines.")
+
+
+def _option(group: str, name: str) -> DictConfig:
+    return OmegaConf.create((importlib.resources.files(CONFIG_MODULE) / group / f"{name}.yaml").read_text())
 
 
 def resolve_device(cfg: DictConfig) -> torch.device:
@@ -129,7 +133,7 @@ def build(node: DictConfig, **kwargs):
 
 def baseline_config(name: str, lr: float | None = None) -> DictConfig:
     """The config of one baseline optimizer, as `optimizer=<name>` would compose it."""
-    node = OmegaConf.create((importlib.resources.files(CONFIG_MODULE) / "optimizer" / f"{name}.yaml").read_text())
+    node = _option("optimizer", name)
     if lr is not None:
         node.lr = float(lr)
     return node

@@ -74,3 +74,26 @@ def test_lstm_config_builds_the_paper_architecture(make_cfg):
     net = opt.nets["all"]
     assert len(net.cells) == 2 and all(c.hidden_size == 20 for c in net.cells)
     assert opt.learned
+
+
+def test_a_trained_optimizer_drives_an_ordinary_torch_model(make_cfg):
+    """TorchOptimizer reproduces the batched rollout on one problem, through the usual backward()/step() loop."""
+    from l2lcli import train
+    from l2lcli.learned import TorchOptimizer, load_rule
+    from l2lcli.rollout import rollout
+
+    cfg = make_cfg()
+    ckpt = train.run(cfg)["checkpoint"]
+    problems = build(cfg.task).sample("test", 1, seed=0)
+    ref = rollout(problems, load_rule(ckpt), 10)[0][:, 0]
+
+    theta = torch.nn.Parameter(problems.init_params()["theta"][0].clone())
+    opt = TorchOptimizer.from_checkpoint(ckpt, [("theta", theta)])
+    losses = []
+    for _ in range(11):
+        opt.zero_grad()
+        loss = ((problems.W[0] @ theta - problems.y[0]) ** 2).sum()
+        loss.backward()
+        losses.append(loss.item())
+        opt.step()
+    torch.testing.assert_close(torch.tensor(losses), ref, rtol=1e-4, atol=1e-5)

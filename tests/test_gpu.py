@@ -1,0 +1,24 @@
+"""device=cuda end to end; skipped where torch sees no GPU."""
+
+import pytest
+import torch
+
+from l2lcli import evaluate, sweep, train
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+@pytest.mark.parametrize("optimizer", ["lstm", "ntm_lbfgs"])
+def test_cuda_meta_train_sweep_evaluate(make_cfg, optimizer):
+    r = train.run(make_cfg("device=cuda", f"optimizer={optimizer}"))
+    s = sweep.run(make_cfg("device=cuda"))
+    e = evaluate.run(make_cfg("device=cuda", f"optimizer={optimizer}", f"eval.checkpoint={r['checkpoint']}",
+                              f"eval.baselines={s['run_dir']}"))
+    assert all(row["final_loss"] > 0 for row in e["rows"])
+
+
+def test_cuda_and_cpu_agree_on_the_same_problems(make_cfg):
+    cpu = sweep.run(make_cfg("device=cpu"))["table"]
+    gpu = sweep.run(make_cfg("device=cuda"))["table"]
+    assert list(cpu["lr"]) == list(gpu["lr"])
+    assert (abs(cpu["final_loss"] - gpu["final_loss"]) / cpu["final_loss"]).max() < 1e-3
