@@ -143,6 +143,10 @@ def run(cfg: DictConfig) -> dict:
                 write_csv(run_dir / "train_log.csv", pd.DataFrame(s["log"]))
                 save_last()
                 progress.update(bar, epoch=s["epoch"], val=val, best=s["best_val"])
+                if not console.is_terminal:  # logs and CI get one line per epoch instead of the live bar
+                    row = s["log"][-1]
+                    console.print(f"epoch {row['epoch']}: meta-loss {row['meta_loss']:.4g}, val {val:.4g}, best "
+                                  f"{s['best_val']:.4g}, {row['seconds']:.0f} s", highlight=False)
                 if s["since_best"] >= tc.patience:
                     stop_reason = "early_stopping"
                     break
