@@ -42,7 +42,7 @@ def sweep_baseline(name: str, lrs: list[float], problems, steps: int) -> pd.Data
 
 def best_rows(sweep: pd.DataFrame) -> pd.DataFrame:
     """Each baseline's best learning rate by mean final loss; diverged learning rates are never chosen."""
-    ok = sweep[~sweep["diverged"]]
+    ok = sweep[~sweep["diverged"]].reset_index(drop=True)  # idxmin labels must be unique
     return ok.loc[ok.groupby("optimizer", sort=False)["final_loss"].idxmin()].reset_index(drop=True)
 
 
