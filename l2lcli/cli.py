@@ -41,18 +41,21 @@ def _table(df, title: str) -> None:
 
 
 def _checkpoint_overrides(checkpoint: str, overrides: list[str]) -> list[str]:
-    """Evaluate a checkpoint on the task and optimizer it was trained with; the command line may change task keys."""
+    """Evaluate a checkpoint on the task and optimizer it was trained with; the command line may change task keys.
+
+    The data folder is not inherited: it belongs to the machine, not to the experiment.
+    """
     from .runs import load_checkpoint
 
     saved = load_checkpoint(checkpoint)["config"]
     for o in overrides:
         key, _, value = o.partition("=")
         if key in ("task", "optimizer") and value != saved[key].name:
-            _fail(f"checkpoint '{checkpoint}' holds optimizer={saved.optimizer.name} trained on "
-                  f"task={saved.task.name}; it cannot be evaluated with {key}={value}")
+            raise L2LError(f"checkpoint '{checkpoint}' holds optimizer={saved.optimizer.name} trained on "
+                           f"task={saved.task.name}; it cannot be evaluated with {key}={value}")
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
     inherited = [f"{group}.{k}={v}" for group in ("task", "optimizer") for k, v in saved[group].items()
-                 if f"{group}.{k}" not in given and not k.startswith("_") and k != "name"
+                 if f"{group}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")
                  and not isinstance(v, (dict, list)) and v is not None]
     inherited += [f"optimizer.groups={saved.optimizer.groups}"] if saved.optimizer.get("groups") else []
     return [f"task={saved.task.name}", f"optimizer={saved.optimizer.name}", *inherited, *overrides]
