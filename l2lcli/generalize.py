@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import itertools
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from .config import L2LError, baseline_config, build, check, resolve_device
 from .evaluate import curve_frame, load_optimizer
-from .plots import _save
+from .plots import plot_generalization
 from .rollout import rollout
 from .runs import new_run_dir, write_csv, write_json
 from .sweep import best_rows, lr_grid, sweep_baseline
@@ -71,32 +70,9 @@ def run(cfg: DictConfig) -> dict:
     table = pd.DataFrame(rows)
     curves = pd.concat(curves, ignore_index=True)
     write_csv(run_dir / "curves.csv", curves)
-    plot(cfg, table, curves, run_dir / f"{cfg.generalize.figure}.png")
+    plot_generalization(cfg.generalize.figure, table, curves, run_dir / f"{cfg.generalize.figure}.png")
     results = {"command": "generalize", "run_dir": str(run_dir), "task": cfg.task.name,
                "figure": cfg.generalize.figure, "problems": cfg.eval.problems, "rows": rows}
     write_json(run_dir / "summary.json", results)
     results["table"] = table
     return results
-
-
-def plot(cfg, table: pd.DataFrame, curves: pd.DataFrame, path) -> None:
-    if cfg.generalize.figure == "figure5":
-        fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
-        for ax, (label, df) in zip(axes[0], curves.groupby("variant", sort=False), strict=True):
-            for (name, learned), d in df.groupby(["optimizer", "learned"], sort=False):
-                ax.plot(d["step"], d["mean_loss"], "-" if learned else "--", label=name)
-            ax.set(yscale="log", title=label, xlabel="step")
-        axes[0][0].set_ylabel("mean loss")
-        axes[0][0].legend()
-    else:
-        depths = sorted(table["layers"].unique())
-        fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False, sharey=True)
-        for ax, d in zip(axes[0], depths, strict=True):
-            t = table[table["layers"] == d].sort_values("hidden")
-            ax.plot(t["hidden"], t["learned_final_loss"], "o-", label="learned")
-            ax.plot(t["hidden"], t["best_baseline_final_loss"], "s--", label="best baseline")
-            ax.set(xscale="log", yscale="log", xlabel="hidden units", title=f"{d} hidden layer(s)")
-        axes[0][0].set_ylabel("final loss")
-        axes[0][0].legend()
-    fig.tight_layout()
-    _save(fig, path)

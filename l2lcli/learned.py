@@ -63,10 +63,8 @@ class CoordinatewiseLSTM(nn.Module):
         avg = hv[..., : self.gac].mean(1, keepdim=True).expand(-1, hv.shape[1], -1)
         return torch.cat([avg, hv[..., self.gac :]], -1).reshape(h.shape)
 
-    def forward(self, g: torch.Tensor, state):
-        """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
-        N = g.shape[0]
-        x = preprocess(g.reshape(-1), self.kind, self.p)
+    def stack(self, x, state, N: int):
+        """The LSTM layers on features x [N * n, F]: the top layer's output and the new state."""
         new_state = []
         for cell, (h, c) in zip(self.cells, state, strict=True):
             h, c = cell(x, (h, c))
@@ -74,6 +72,12 @@ class CoordinatewiseLSTM(nn.Module):
                 h = self._average(h, N)
             new_state.append((h, c))
             x = h
+        return x, new_state
+
+    def forward(self, g: torch.Tensor, state):
+        """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
+        N = g.shape[0]
+        x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p), state, N)
         return self.out(x).view(N, -1) * self.scale, new_state
 
 
@@ -174,14 +178,7 @@ class NTMController(CoordinatewiseLSTM):
     def forward(self, g, state):
         N, n = g.shape
         inputs = torch.cat([g.unsqueeze(-1), state["read"]], -1).reshape(-1)
-        x = preprocess(inputs, self.kind, self.p).reshape(N * n, -1)
-        lstm = []
-        for cell, (h, c) in zip(self.cells, state["lstm"], strict=True):
-            h, c = cell(x, (h, c))
-            if self.gac:
-                h = self._average(h, N)
-            lstm.append((h, c))
-            x = h
+        x, lstm = self.stack(preprocess(inputs, self.kind, self.p).reshape(N * n, -1), state["lstm"], N)
         update = self.out(x).view(N, n) * self.scale
         heads = self.heads(x).view(N, n, -1)
         r, a, b = heads.split([self.reads, self.writes, self.writes], -1)

@@ -44,3 +44,27 @@ def plot_sweep(sweep: pd.DataFrame, path: Path, title: str) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     _save(fig, path)
+
+
+def plot_generalization(figure: str, table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
+    """Figure 5: learning curves per variant; Figure 6: final loss vs width, one panel per depth."""
+    if figure == "figure5":
+        fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
+        for ax, (label, df) in zip(axes[0], curves.groupby("variant", sort=False), strict=True):
+            for (name, learned), d in df.groupby(["optimizer", "learned"], sort=False):
+                ax.plot(d["step"], d["mean_loss"], "-" if learned else "--", label=name)
+            ax.set(yscale="log", title=label, xlabel="step")
+        axes[0][0].set_ylabel("mean loss")
+        axes[0][0].legend()
+    else:
+        depths = sorted(table["layers"].unique())
+        fig, axes = plt.subplots(1, len(depths), figsize=(4.2 * len(depths), 3.6), squeeze=False, sharey=True)
+        for ax, d in zip(axes[0], depths, strict=True):
+            t = table[table["layers"] == d].sort_values("hidden")
+            ax.plot(t["hidden"], t["learned_final_loss"], "o-", label="learned")
+            ax.plot(t["hidden"], t["best_baseline_final_loss"], "s--", label="best baseline")
+            ax.set(xscale="log", yscale="log", xlabel="hidden units", title=f"{d} hidden layer(s)")
+        axes[0][0].set_ylabel("final loss")
+        axes[0][0].legend()
+    fig.tight_layout()
+    _save(fig, path)
