@@ -129,6 +129,7 @@ def test_corrupt_foreign_and_mismatched_checkpoints(tmp_path):
 
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_malicious_pickle_runs_no_code(tmp_path):
     marker = tmp_path / "PWNED"
 
