@@ -44,7 +44,7 @@ def test_sigkill_then_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path)
     proc.wait()
     run_dir = next(root.iterdir())
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
-    assert load_checkpoint(run_dir / "last.pt")["train_state"]["epoch"] >= 2  # the last good checkpoint loads
+    assert load_checkpoint(run_dir / "last.pt")["train_state"]["epoch"] >= 1  # the last good checkpoint loads
 
     res = subprocess.run(_cli("meta-train", "--resume", str(run_dir)), env=env, capture_output=True, text=True,
                          timeout=300)
