@@ -29,7 +29,7 @@ def meta_loss_term(loss: torch.Tensor, t: int, T: int, kind: str) -> torch.Tenso
     return loss.clamp_min(1e-30).log().mean()  # log_sum
 
 
-def validate(task, problems, optimizer, steps: int) -> float:
+def validate(problems, optimizer, steps: int) -> float:
     """Mean final loss of the frozen optimizer on the validation problems (inf if any diverged)."""
     optimizer.eval()
     curve, _ = rollout(problems, optimizer, steps)
@@ -128,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
 
                 # Early stopping: freeze, validate, keep the best.
                 s["epoch"] += 1
-                val = validate(task, validation, optimizer, T)
+                val = validate(validation, optimizer, T)
                 if val < s["best_val"] * (1 - tc.min_improvement):
                     s.update(best_val=val, best_epoch=s["epoch"], since_best=0)
                     save_checkpoint(run_dir / "best.pt", cfg, optimizer, epoch=s["epoch"], val_loss=val)
@@ -184,6 +184,8 @@ class _Diverged(Exception):
 def _meta_step(optimizer, meta, meta_loss, clip) -> bool:
     """One ADAM step on phi; refused (and nothing changed) if the loss, gradient or new weights are not finite."""
     meta.zero_grad(set_to_none=True)
+    if not torch.is_tensor(meta_loss) or not meta_loss.requires_grad:
+        return True  # an unroll with zero weight in the meta-loss (meta_loss=final before step T): nothing to learn
     if not torch.isfinite(meta_loss):
         return False
     meta_loss.backward()

@@ -62,3 +62,9 @@ def test_second_derivatives_change_the_meta_gradient(make_cfg):
         total.backward()
         grads[second] = torch.cat([p.grad.flatten() for p in opt.parameters()])
     assert not torch.allclose(grads[False], grads[True])
+
+
+def test_every_meta_loss_trains(make_cfg):
+    for kind in ("sum", "final", "log_sum"):
+        r = train.run(make_cfg(f"train.meta_loss={kind}"))
+        assert r["bad_steps"] == 0 and r["best_val_loss"] < float("inf")
