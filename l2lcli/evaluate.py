@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .config import L2LError, baseline_config, build, check, resolve_device
+from .learned import load_rule
 from .plots import plot_curves
 from .rollout import rollout
 from .runs import load_checkpoint, new_run_dir, write_csv, write_json
@@ -22,16 +23,11 @@ def load_optimizer(cfg: DictConfig, device):
         return optimizer
     if not cfg.eval.checkpoint:
         raise L2LError(f"optimizer={cfg.optimizer.name} is learned: pass --checkpoint PATH (a meta-train run)")
-    ckpt = load_checkpoint(cfg.eval.checkpoint)
-    if ckpt["task"] != cfg.task.name:
-        raise L2LError(f"checkpoint '{ckpt['path']}' was trained on task={ckpt['task']}, not task={cfg.task.name}: "
-                       f"evaluate it with task={ckpt['task']}")
-    try:
-        optimizer.load_state_dict(ckpt["weights"])
-    except RuntimeError as e:
-        raise L2LError(f"checkpoint '{ckpt['path']}' does not fit optimizer={cfg.optimizer.name} with this "
-                       f"config ({str(e).splitlines()[0][:100]})") from None
-    return optimizer.to(device).eval()
+    task = load_checkpoint(cfg.eval.checkpoint)["task"]
+    if task != cfg.task.name:
+        raise L2LError(f"checkpoint '{cfg.eval.checkpoint}' was trained on task={task}, not task={cfg.task.name}: "
+                       f"evaluate it with task={task}")
+    return load_rule(cfg.eval.checkpoint, cfg.optimizer).to(device)
 
 
 def load_baselines(cfg: DictConfig) -> pd.DataFrame:
@@ -61,6 +57,27 @@ def curve_frame(name: str, lr, learned: bool, curve: torch.Tensor) -> pd.DataFra
                          "log10_mean_loss": mean.log10().numpy()})
 
 
+def race(problems, name: str, optimizer, baselines: pd.DataFrame, steps: int):
+    """The optimizer and each baseline at its learning rate on the same problems: a summary row each, and curves."""
+    runs = [(name, getattr(optimizer, "lr", math.nan), optimizer)]
+    runs += [(b.optimizer, b.lr, build(baseline_config(b.optimizer, b.lr))) for b in baselines.itertuples()]
+    curves, rows = [], []
+    for label, lr, opt in runs:
+        curve, seconds = rollout(problems, opt, steps)
+        curves.append(curve_frame(label, lr, opt.learned, curve))
+        final = curve[-1].double().mean().item()
+        rows.append({"optimizer": label, "lr": lr, "learned": opt.learned, "final_loss": final,
+                     "log10_final_loss": math.log10(final) if final > 0 else math.nan,
+                     "diverged": not math.isfinite(final), "ms_per_step": 1e3 * seconds})
+    summary = pd.DataFrame(rows)
+    base = summary[~summary["learned"] & ~summary["diverged"]]
+    best_base = base["final_loss"].min() if len(base) else math.nan
+    summary["ratio_to_best_baseline"] = summary["final_loss"] / best_base
+    adam = summary.loc[summary["optimizer"] == "adam", "ms_per_step"]
+    summary["cost_vs_adam"] = summary["ms_per_step"] / adam.iloc[0] if len(adam) else math.nan
+    return summary, pd.concat(curves, ignore_index=True)
+
+
 def run(cfg: DictConfig) -> dict:
     """Run the optimizer (and the best baselines) on cfg.eval.problems fresh test problems."""
     check(cfg, "evaluate")
@@ -72,23 +89,7 @@ def run(cfg: DictConfig) -> dict:
     problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
     run_dir = new_run_dir(cfg, "evaluate")
 
-    runs = [(cfg.optimizer.name, cfg.optimizer.get("lr", math.nan), optimizer)]
-    runs += [(b.optimizer, b.lr, build(baseline_config(b.optimizer, b.lr))) for b in baselines.itertuples()]
-    curves, rows = [], []
-    for name, lr, opt in runs:
-        curve, seconds = rollout(problems, opt, steps)
-        curves.append(curve_frame(name, lr, opt.learned, curve))
-        final = curve[-1].double().mean().item()
-        rows.append({"optimizer": name, "lr": lr, "learned": opt.learned, "final_loss": final,
-                     "log10_final_loss": math.log10(final) if final > 0 else math.nan,
-                     "diverged": not math.isfinite(final), "ms_per_step": 1e3 * seconds})
-    summary = pd.DataFrame(rows)
-    base = summary[~summary["learned"] & ~summary["diverged"]]
-    best_base = base["final_loss"].min() if len(base) else math.nan
-    summary["ratio_to_best_baseline"] = summary["final_loss"] / best_base
-    adam = summary.loc[summary["optimizer"] == "adam", "ms_per_step"]
-    summary["cost_vs_adam"] = summary["ms_per_step"] / adam.iloc[0] if len(adam) else math.nan
-    curves = pd.concat(curves, ignore_index=True)
+    summary, curves = race(problems, cfg.optimizer.name, optimizer, baselines, steps)
     write_csv(run_dir / "curves.csv", curves)
     write_csv(run_dir / "summary.csv", summary)
     plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} test problems")

@@ -11,12 +11,11 @@ import itertools
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .config import L2LError, baseline_config, build, check, resolve_device
-from .evaluate import curve_frame, load_optimizer
+from .config import L2LError, build, check, resolve_device
+from .evaluate import load_optimizer, race
 from .plots import plot_generalization
-from .rollout import rollout
 from .runs import new_run_dir, write_csv, write_json
-from .sweep import best_rows, lr_grid, sweep_baseline
+from .sweep import best_rows, lr_grid, sweep_all
 
 
 def variants(cfg: DictConfig) -> list[dict]:
@@ -33,14 +32,10 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[d
     task = build(task_cfg)
     steps = task_cfg.steps
     problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
-    best = best_rows(pd.concat([sweep_baseline(n, lr_grid(cfg), problems, steps) for n in cfg.sweep.optimizers]))
-    curves = [curve_frame(cfg.optimizer.name, float("nan"), True, rollout(problems, optimizer, steps)[0])]
-    curves += [curve_frame(b.optimizer, b.lr, False, rollout(problems, build(baseline_config(b.optimizer, b.lr)),
-                                                             steps)[0]) for b in best.itertuples()]
-    curves = pd.concat(curves, ignore_index=True)
-    final = curves[curves["step"] == steps].set_index("optimizer")["mean_loss"]
-    learned = final[cfg.optimizer.name]
-    baseline = final.drop(cfg.optimizer.name)
+    best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
+    summary, curves = race(problems, cfg.optimizer.name, optimizer, best, steps)
+    learned = summary["final_loss"].iloc[0]
+    baseline = summary[~summary["learned"]].set_index("optimizer")["final_loss"]
     row = {"learned_final_loss": learned,
            "best_baseline": baseline.idxmin() if len(baseline) else "none",
            "best_baseline_final_loss": baseline.min() if len(baseline) else float("nan")}

@@ -237,12 +237,17 @@ class TorchOptimizer(torch.optim.Optimizer):
         return loss
 
 
-def load_rule(path) -> LearnedOptimizer:
-    """The trained optimizer saved in a meta-train checkpoint (or run folder)."""
-    from .config import build
+def load_rule(path, node=None) -> LearnedOptimizer:
+    """The trained optimizer saved in a meta-train checkpoint (or run folder), built from `node` if given, else
+    from the config saved with it."""
+    from .config import L2LError, build
     from .runs import load_checkpoint
 
     ckpt = load_checkpoint(path)
-    rule = build(ckpt["config"].optimizer)
-    rule.load_state_dict(ckpt["weights"])
+    rule = build(node if node is not None else ckpt["config"].optimizer)
+    try:
+        rule.load_state_dict(ckpt["weights"])
+    except RuntimeError as e:
+        raise L2LError(f"checkpoint '{ckpt['path']}' does not fit optimizer={rule.name} with this config "
+                       f"({str(e).splitlines()[0][:100]})") from None
     return rule.eval()

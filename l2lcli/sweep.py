@@ -40,6 +40,11 @@ def sweep_baseline(name: str, lrs: list[float], problems, steps: int) -> pd.Data
     })
 
 
+def sweep_all(names, lrs: list[float], problems, steps: int) -> pd.DataFrame:
+    """Every baseline in `names` over the learning-rate grid, one row per (optimizer, lr)."""
+    return pd.concat([sweep_baseline(n, lrs, problems, steps) for n in names], ignore_index=True)
+
+
 def best_rows(sweep: pd.DataFrame) -> pd.DataFrame:
     """Each baseline's best learning rate by mean final loss; diverged learning rates are never chosen."""
     ok = sweep[~sweep["diverged"]].reset_index(drop=True)  # idxmin labels must be unique
@@ -57,8 +62,7 @@ def run(cfg: DictConfig) -> dict:
     lrs = lr_grid(cfg)
     write_text(run_dir / "baselines.yaml",
                OmegaConf.to_yaml({n: baseline_config(n) for n in cfg.sweep.optimizers}))
-    sweep = pd.concat([sweep_baseline(name, lrs, problems, steps) for name in cfg.sweep.optimizers],
-                      ignore_index=True)
+    sweep = sweep_all(cfg.sweep.optimizers, lrs, problems, steps)
     best = best_rows(sweep)
     write_csv(run_dir / "sweep.csv", sweep)
     write_csv(run_dir / "best.csv", best)
