@@ -123,6 +123,12 @@ def resolve_device(cfg: DictConfig) -> torch.device:
         raise L2LError(f"device.name={name} is unknown: use device=cpu, device=cuda or device=auto")
     if cfg.device.threads:
         torch.set_num_threads(int(cfg.device.threads))
+    compile_ = cfg.device.get("compile", False)
+    if not isinstance(compile_, bool):
+        raise L2LError(f"device.compile={compile_} is invalid: use device.compile=true or device.compile=false")
+    from .learned import fuse
+
+    fuse(compile_, name)
     return torch.device(name)
 
 

@@ -14,15 +14,15 @@ import torch
 from torch import nn
 
 
-def preprocess(g: torch.Tensor, kind: str, p: float) -> torch.Tensor:
-    """Gradient features [..., F]: the raw gradient, or Appendix A's (log|g|/p, sgn g) / (-1, e^p g)."""
+def preprocess(g: torch.Tensor, kind: str, p: float, dim: int = -1) -> torch.Tensor:
+    """Gradient features, stacked at `dim`: the raw gradient, or Appendix A's (log|g|/p, sgn g) / (-1, e^p g)."""
     if kind == "none":
-        return g.unsqueeze(-1)
+        return g.unsqueeze(dim)
     if kind == "log_sign":
         big = g.abs() >= math.exp(-p)
         first = torch.where(big, g.abs().clamp_min(math.exp(-p)).log() / p, torch.full_like(g, -1.0))
         second = torch.where(big, g.sign(), math.exp(p) * g)
-        return torch.stack([first, second], -1)
+        return torch.stack([first, second], dim)
     raise ValueError(f"unknown preprocess {kind!r}: choose none or log_sign")
 
 
@@ -35,6 +35,89 @@ def tree_detach(x):
     if isinstance(x, (list, tuple)):
         return type(x)(tree_detach(v) for v in x)
     return x
+
+
+def _cell_forward(x, h, c, w, b):
+    """One LSTM cell (nn.LSTMCell's equations, gates i, f, g, o) on columns: x [F, rows], h and c [H, rows], w the
+    input and hidden weights side by side [4H, F + H], b [4H, 1]. Returns h', c' and what the backward needs."""
+    xh = torch.cat([x, h], 0)
+    gates = (w @ xh) + b  # the bias joins the fused elementwise loop rather than a separate pass
+    H = c.shape[0]
+    act = torch.cat([gates[: 2 * H].sigmoid(), gates[2 * H : 3 * H].tanh(), gates[3 * H :].sigmoid()], 0)
+    i, f, g, o = act.split(H, 0)
+    c_new = f * c + i * g
+    tc = c_new.tanh()
+    return o * tc, c_new, xh, act, tc
+
+
+def _cell_backward(dh, dc, c, w, xh, act, tc):
+    """Gradients of _cell_forward's inputs (x, h, c, w, b) from those of its outputs (h', c')."""
+    i, f, g, o = act.split(c.shape[0], 0)
+    dc = dc + dh * o * (1 - tc * tc)
+    dgates = torch.cat([dc * g * i * (1 - i), dc * c * f * (1 - f), dc * i * (1 - g * g),
+                        dh * tc * o * (1 - o)], 0)
+    dxh = w.t() @ dgates
+    F = xh.shape[0] - c.shape[0]
+    return dxh[:F], dxh[F:], dc * f, dgates @ xh.t(), dgates.sum(1, keepdim=True)
+
+
+class _Kernels:
+    """The cell's forward and backward, eager or compiled by torch.compile (`fuse`): one fused loop per
+    elementwise stretch instead of one pass over memory per op, which is where an eager LSTM on CPU spends its time.
+    They take plain tensors (no autograd inside), so torch.compile sees one graph per layer shape, whatever
+    requires grad."""
+
+    fused = False
+    _compiled = None
+
+    @classmethod
+    def get(cls):
+        if not cls.fused:
+            return _cell_forward, _cell_backward
+        if cls._compiled is None:
+            cls._compiled = torch.compile(_cell_forward), torch.compile(_cell_backward)
+        return cls._compiled
+
+
+def fuse(enabled: bool, device: str = "cpu") -> bool:
+    """Compile the LSTM cells (True) or run them eagerly; returns whether compiled cells are in use.
+
+    Compiling needs a C++ compiler on CPU and Triton on GPU; without them the cells stay eager (same results).
+    """
+    import importlib.util
+    import shutil
+
+    if device == "cuda":
+        available = importlib.util.find_spec("triton") is not None
+    else:
+        available = any(shutil.which(c) for c in ("c++", "g++", "clang++", "cl"))
+    _Kernels.fused = bool(enabled) and available
+    return _Kernels.fused
+
+
+class _Cell(torch.autograd.Function):
+    """Autograd for the LSTM cell with the hand-written backward above (checked against autograd in the tests)."""
+
+    @staticmethod
+    def forward(ctx, x, h, c, w, b):
+        h_new, c_new, xh, act, tc = _Kernels.get()[0](x, h, c, w, b)
+        ctx.save_for_backward(c, w, xh, act, tc)
+        return h_new, c_new
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh, dc):
+        return _Kernels.get()[1](dh, dc, *ctx.saved_tensors)
+
+
+def lstm_cell(cell: nn.LSTMCell, x, h, c):
+    """nn.LSTMCell on columns: x [F, rows], h and c [H, rows] (coordinates are columns, so every gate is a
+    contiguous block of rows; nn.LSTMCell's gates are strided column slices, slow on CPU)."""
+    w = torch.cat([cell.weight_ih, cell.weight_hh], 1)
+    b = (cell.bias_ih + cell.bias_hh).unsqueeze(1)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h, c, w)):
+        return _Cell.apply(x, h, c, w, b)
+    return _Kernels.get()[0](x, h, c, w, b)[:2]
 
 
 class CoordinatewiseLSTM(nn.Module):
@@ -55,30 +138,34 @@ class CoordinatewiseLSTM(nn.Module):
             self.out.bias.zero_()
 
     def init_state(self, N: int, n: int, device, dtype):
-        z = torch.zeros(N * n, self.hidden, device=device, dtype=dtype)
-        return [(z, z) for _ in self.cells]
+        return [tuple(torch.zeros(self.hidden, N * n, device=device, dtype=dtype) for _ in "hc") for _ in self.cells]
 
     def _average(self, h, N: int):
-        hv = h.view(N, -1, self.hidden)
-        avg = hv[..., : self.gac].mean(1, keepdim=True).expand(-1, hv.shape[1], -1)
-        return torch.cat([avg, hv[..., self.gac :]], -1).reshape(h.shape)
+        hv = h.view(self.hidden, N, -1)
+        avg = hv[: self.gac].mean(2, keepdim=True).expand(-1, -1, hv.shape[2])
+        return torch.cat([avg, hv[self.gac :]], 0).reshape(h.shape)
 
     def stack(self, x, state, N: int):
-        """The LSTM layers on features x [N * n, F]: the top layer's output and the new state."""
+        """The LSTM layers on features x [F, N * n]: the top layer's output [H, N * n] and the new state."""
         new_state = []
         for cell, (h, c) in zip(self.cells, state, strict=True):
-            h, c = cell(x, (h, c))
+            h, c = lstm_cell(cell, x, h, c)
             if self.gac:
                 h = self._average(h, N)
             new_state.append((h, c))
             x = h
         return x, new_state
 
+    @staticmethod
+    def linear(layer: nn.Linear, x):
+        """`layer` applied to every column of x [H, N * n]: [out, N * n]."""
+        return torch.addmm(layer.bias.unsqueeze(1), layer.weight, x)
+
     def forward(self, g: torch.Tensor, state):
         """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
         N = g.shape[0]
-        x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p), state, N)
-        return self.out(x).view(N, -1) * self.scale, new_state
+        x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p, dim=0), state, N)
+        return self.linear(self.out, x).view(N, -1) * self.scale, new_state
 
 
 class LearnedOptimizer(nn.Module):
@@ -177,10 +264,10 @@ class NTMController(CoordinatewiseLSTM):
 
     def forward(self, g, state):
         N, n = g.shape
-        inputs = torch.cat([g.unsqueeze(-1), state["read"]], -1).reshape(-1)
-        x, lstm = self.stack(preprocess(inputs, self.kind, self.p).reshape(N * n, -1), state["lstm"], N)
-        update = self.out(x).view(N, n) * self.scale
-        heads = self.heads(x).view(N, n, -1)
+        inputs = torch.cat([g.unsqueeze(0), state["read"].permute(2, 0, 1)], 0).reshape(1 + self.reads, -1)
+        x, lstm = self.stack(preprocess(inputs, self.kind, self.p, dim=1).reshape(-1, N * n), state["lstm"], N)
+        update = self.linear(self.out, x).view(N, n) * self.scale
+        heads = self.linear(self.heads, x).view(-1, N, n).permute(1, 2, 0)
         r, a, b = heads.split([self.reads, self.writes, self.writes], -1)
         if self.history is None:
             memory = state["memory"] + a @ b.transpose(1, 2)        # [N, n, n]

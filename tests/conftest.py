@@ -5,7 +5,8 @@ from l2lcli.config import compose
 
 # Small enough for the default suite: a few seconds per meta-training run on 2 cores.
 TINY = ["train.batch_size=16", "train.epoch_trajectories=3", "train.max_epochs=2", "train.validation_problems=32",
-        "eval.problems=32", "task.steps=20", "train.unroll=5", "sweep.lr_num=5"]
+        "eval.problems=32", "task.steps=20", "train.unroll=5", "sweep.lr_num=5",
+        "device.compile=false"]  # compiled cells have their own test (test_learned); compiling costs seconds
 
 
 @pytest.fixture

@@ -33,6 +33,19 @@ def test_preprocess_is_appendix_a():
     assert preprocess(g, "none", p).shape == (5, 1)
 
 
+def test_feature_major_cell_is_torch_lstm_cell():
+    """The optimizer's cell (coordinates as columns, for speed) computes exactly nn.LSTMCell on each coordinate."""
+    from l2lcli.learned import lstm_cell
+
+    torch.manual_seed(0)
+    cell = torch.nn.LSTMCell(2, 5)
+    x, h, c = torch.randn(7, 2), torch.randn(7, 5), torch.randn(7, 5)
+    h_ref, c_ref = cell(x, (h, c))
+    h_new, c_new = lstm_cell(cell, x.T.contiguous(), h.T.contiguous(), c.T.contiguous())
+    torch.testing.assert_close(h_new.T, h_ref)
+    torch.testing.assert_close(c_new.T, c_ref)
+
+
 def test_updates_are_coordinatewise_and_order_invariant():
     opt = _lstm()
     params = {"w": torch.zeros(3, 7)}
@@ -97,3 +110,31 @@ def test_a_trained_optimizer_drives_an_ordinary_torch_model(make_cfg):
         losses.append(loss.item())
         opt.step()
     torch.testing.assert_close(torch.tensor(losses), ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cell_backward_is_autograds(fused):
+    """The hand-written backward of the LSTM cell (eager, and compiled by torch.compile) against autograd through
+    nn.LSTMCell, for every input: features, state and weights."""
+    from l2lcli.learned import fuse, lstm_cell
+
+    if fused and not fuse(True):
+        pytest.skip("no C++ compiler for torch.compile")
+    try:
+        fuse(fused)
+        torch.manual_seed(0)
+        cell = torch.nn.LSTMCell(3, 4)
+        x, h, c = (torch.randn(9, k, requires_grad=True) for k in (3, 4, 4))
+        wh, wc = torch.randn(9, 4), torch.randn(9, 4)
+        h_ref, c_ref = cell(x, (h, c))
+        ref = torch.autograd.grad((h_ref * wh).sum() + (c_ref * wc).sum(), [x, h, c, *cell.parameters()])
+        cols = [t.detach().T.contiguous().requires_grad_() for t in (x, h, c)]
+        h_new, c_new = lstm_cell(cell, *cols)
+        got = torch.autograd.grad((h_new * wh.T).sum() + (c_new * wc.T).sum(), [*cols, *cell.parameters()])
+        torch.testing.assert_close(h_new.T, h_ref)
+        for a, b in zip(got[:3], ref[:3], strict=True):
+            torch.testing.assert_close(a.T, b)
+        for a, b in zip(got[3:], ref[3:], strict=True):
+            torch.testing.assert_close(a, b)
+    finally:
+        fuse(False)

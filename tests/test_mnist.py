@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from l2lcli.cli import app
 from tests.test_data import idx_root  # noqa: F401  (fixture)
 
-MNIST_TINY = ["task=mnist", "task.hidden=3", "task.steps=6", "train.unroll=3", "task.minibatch=8", "train.batch_size=2",
+MNIST_TINY = ["task=mnist", "device.compile=false", "task.hidden=3", "task.steps=6", "train.unroll=3",
+              "task.minibatch=8", "train.batch_size=2",
               "train.epoch_trajectories=2", "train.max_epochs=1", "train.validation_problems=2", "eval.problems=3",
               "sweep.lr_num=2", "sweep.optimizers=[sgd,adam]", "generalize.figure6.hidden=[5,10]",
               "generalize.figure6.layers=[1,2]"]
