@@ -16,8 +16,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from l2lcli.config import baseline_config, build, compose
-from l2lcli.learned import tree_detach
+from l2lcli.config import baseline_config, build, compose, resolve_device
+from l2lcli.learned import fuse, preprocess, tree_detach
 from l2lcli.rollout import rollout
 from l2lcli.sweep import lr_grid, sweep_baseline
 from l2lcli.train import trajectory
@@ -44,9 +44,38 @@ def lstm_flops_per_coordinate(net) -> float:
 
 
 # --- the reference: how typical reimplementations meta-train, one optimizee at a time -------------------------
-def naive_trajectory(problems, optimizer, meta, T: int, unroll: int) -> None:
+class RowMajorLSTM:
+    """The reference's optimizer: l2l's LSTM weights (shared, so both train the same network), run as typical
+    reimplementations do: eager nn.LSTMCell with one coordinate per row."""
+
+    def __init__(self, rule):
+        self.net = rule.nets["all"]
+        assert not self.net.gac and list(rule.groups) == ["all"], "the reference is the plain LSTM"
+
+    def parameters(self):
+        return self.net.parameters()
+
+    def init_state(self, params):
+        n = sum(v[0].numel() for v in params.values())
+        return [(torch.zeros(n, self.net.hidden), torch.zeros(n, self.net.hidden)) for _ in self.net.cells]
+
+    def step(self, params, grads, state):
+        names = sorted(params)
+        x = preprocess(torch.cat([grads[k].reshape(-1) for k in names]), self.net.kind, self.net.p)
+        new_state = []
+        for cell, (h, c) in zip(self.net.cells, state, strict=True):
+            h, c = cell(x, (h, c))
+            new_state.append((h, c))
+            x = h
+        update = self.net.out(x).squeeze(-1) * self.net.scale
+        sizes = [params[k].numel() for k in names]
+        return {k: params[k] + u.view_as(params[k]) for k, u in zip(names, update.split(sizes), strict=True)}, \
+            new_state
+
+
+def naive_trajectory(problems, optimizer, meta, T: int, unroll: int, which=None) -> None:
     """Per problem, per step, in Python; the optimizee loss is evaluated twice per step (meta-loss and gradient)."""
-    for b in range(problems.batch):
+    for b in which if which is not None else range(problems.batch):
         single = {k: v[b : b + 1] for k, v in problems.init_params().items()}
         params, state, meta_loss = single, optimizer.init_state(single), 0.0
         for t in range(T):
@@ -77,9 +106,9 @@ def _one(problems, params, t, b):
     return sliced.loss(params, t)
 
 
-def same_meta_gradient(cfg, task) -> float:
-    """Max relative difference between l2l's batched meta-gradient and the reference's, problem by problem."""
-    tc = OmegaConf.merge(cfg.train, {"grad_clip": None, "unroll": cfg.task.steps})
+def same_meta_gradient(cfg, task, problems_n: int, T: int) -> float:
+    """Max relative difference between l2l's batched meta-gradient and the reference's, over T steps (one unroll)."""
+    tc = OmegaConf.merge(cfg.train, {"grad_clip": None, "unroll": T})
 
     def gradient(run):
         torch.manual_seed(0)
@@ -88,18 +117,15 @@ def same_meta_gradient(cfg, task) -> float:
         run(optimizer, meta)
         return torch.cat([p.grad.flatten() for p in optimizer.parameters()])
 
-    problems = task.sample("train", 3, 0)
-    batched = gradient(lambda o, m: trajectory(problems, o, m, cfg.task.steps, tc))
-    ref = sum(gradient(lambda o, m, b=b: naive_trajectory(_slice(problems, b), o, m, cfg.task.steps, cfg.task.steps))
-              for b in range(3)) / 3
+    problems = task.sample("train", problems_n, 0)
+    batched = gradient(lambda o, m: trajectory(problems, o, m, T, tc))
+    ref = sum(gradient(lambda o, m, b=b: naive_trajectory(problems, RowMajorLSTM(o), m, T, T, [b]))
+              for b in range(problems_n)) / problems_n
     return ((batched - ref).abs().max() / ref.abs().max()).item()
 
 
-def _slice(problems, b):
-    return type(problems)(problems.W[b : b + 1], problems.y[b : b + 1], problems.theta0[b : b + 1])
-
-
 def meta_training(task_name: str, batch: int, naive_batch: int, repeats: int, rows: list, gflops: float):
+    """Optimizee steps per second of l2l's meta-training (compiled cells, then eager) and of the reference."""
     cfg = compose([f"task={task_name}"])
     task = build(cfg.task)
     torch.manual_seed(0)
@@ -107,17 +133,25 @@ def meta_training(task_name: str, batch: int, naive_batch: int, repeats: int, ro
     meta = torch.optim.Adam(optimizer.parameters(), lr=1e-4)
     T, U = cfg.task.steps, cfg.train.unroll
     problems = task.sample("train", batch, 0)
-    fast = median_time(lambda: trajectory(problems, optimizer, meta, T, cfg.train), repeats)
+    rates = {}
+    for compiled in (True, False):
+        fuse(compiled)
+        rates[compiled] = batch * T / median_time(lambda: trajectory(problems, optimizer, meta, T, cfg.train), repeats)
+    resolve_device(cfg)  # the configured default (device.compile=true) from here on
     small = task.sample("train", naive_batch, 0)
-    slow = median_time(lambda: naive_trajectory(small, optimizer, meta, T, U), max(1, repeats // 2))
-    l2l_rate, naive_rate = batch * T / fast, naive_batch * T / slow
+    reference = RowMajorLSTM(optimizer)
+    naive_rate = naive_batch * T / median_time(lambda: naive_trajectory(small, reference, meta, T, U), repeats)
     coords = sum(v[0].numel() for v in problems.init_params().values())
     # forward + backward of the LSTM ~ 3x its forward matrix work, per coordinate and step
     bound = gflops * 1e9 / (3 * lstm_flops_per_coordinate(optimizer.nets["all"]) * coords)
-    rows.append((f"{task_name}: meta-training, l2l ({batch} problems/trajectory)",
-                 f"{l2l_rate:,.0f} optimizee steps/s", f"{100 * l2l_rate / bound:.0f}% of LSTM matmul bound"))
-    rows.append((f"{task_name}: meta-training, per-problem reference", f"{naive_rate:,.0f} optimizee steps/s",
-                 f"l2l is {l2l_rate / naive_rate:.1f}x faster"))
+    name = f"{task_name}: meta-training"
+    rows.append((f"{name}, l2l ({batch} problems/trajectory)", f"{rates[True]:,.0f} optimizee steps/s",
+                 f"{100 * rates[True] / bound:.0f}% of LSTM matmul bound; "
+                 f"{rates[True] / naive_rate:.1f}x the reference"))
+    rows.append((f"{name}, l2l with device.compile=false", f"{rates[False]:,.0f} optimizee steps/s",
+                 f"{rates[False] / naive_rate:.1f}x the reference"))
+    rows.append((f"{name}, per-problem reference ({naive_batch} problems)", f"{naive_rate:,.0f} optimizee steps/s",
+                 f"{100 * naive_rate / bound:.0f}% of LSTM matmul bound"))
     return cfg, task, optimizer
 
 
@@ -141,8 +175,9 @@ def main():
                  f"fp32 matmul {gflops:.0f} GFLOP/s"))
 
     cfg, task, optimizer = meta_training("quadratic", 128, 4, args.repeats, rows, gflops)
-    diff = same_meta_gradient(cfg, task)
-    rows.append(("quadratic: l2l meta-gradient vs the reference's", f"max rel. diff {diff:.1e}", "same results"))
+    diff = same_meta_gradient(cfg, task, 3, cfg.task.steps)
+    rows.append(("quadratic: l2l meta-gradient vs the reference's, 3 problems x 100 steps",
+                 f"max rel. diff {diff:.1e}", "same results"))
     problems = task.sample("test", 256, 0)
     t_eval = median_time(lambda: rollout(problems, optimizer, 100), args.repeats)
     rows.append(("quadratic: evaluate learned optimizer, 256 problems x 100 steps", f"{t_eval:.2f} s", ""))
@@ -155,7 +190,10 @@ def main():
     cost_per_step(cfg, task, optimizer, 256, args.repeats, rows)
 
     if not args.skip_mnist:
-        cfg, task, optimizer = meta_training("mnist", 1, 1, max(1, args.repeats // 2), rows, gflops)
+        cfg, task, optimizer = meta_training("mnist", 1, 1, args.repeats, rows, gflops)
+        diff = same_meta_gradient(cfg, task, 1, cfg.train.unroll)
+        rows.append((f"mnist: l2l meta-gradient vs the reference's, 1 problem x {cfg.train.unroll} steps",
+                     f"max rel. diff {diff:.1e}", "same results"))
         cost_per_step(cfg, task, optimizer, 1, args.repeats, rows)
 
     width = max(len(r[0]) for r in rows)

@@ -1,0 +1,28 @@
+"""The speed benchmark's reference must compute what l2l computes, or its speed-up means nothing."""
+
+import importlib.util
+from pathlib import Path
+
+from l2lcli.config import build
+
+spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_reference_meta_gradient_equals_l2ls(make_cfg):
+    cfg = make_cfg()
+    assert bench.same_meta_gradient(cfg, build(cfg.task), 3, 10) < 1e-4
+
+
+def test_reference_breaks_when_the_optimizer_differs(make_cfg, monkeypatch):
+    """The check can fail: a reference with another output scale gives another meta-gradient."""
+    cfg = make_cfg()
+    task = build(cfg.task)
+    original = bench.RowMajorLSTM.step
+
+    def scaled(self, params, grads, state):
+        return original(self, params, {k: 2 * g for k, g in grads.items()}, state)
+
+    monkeypatch.setattr(bench.RowMajorLSTM, "step", scaled)
+    assert bench.same_meta_gradient(cfg, task, 3, 10) > 1e-2
