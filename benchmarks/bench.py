@@ -180,13 +180,17 @@ def main():
                  f"max rel. diff {diff:.1e}", "same results"))
     problems = task.sample("test", 256, 0)
     t_eval = median_time(lambda: rollout(problems, optimizer, 100), args.repeats)
-    rows.append(("quadratic: evaluate learned optimizer, 256 problems x 100 steps", f"{t_eval:.2f} s", ""))
+    eval_bound = lstm_flops_per_coordinate(optimizer.nets["all"]) * 10 * 256 * 100 / (gflops * 1e9)
+    rows.append(("quadratic: evaluate learned optimizer, 256 problems x 100 steps", f"{t_eval:.2f} s",
+                 f"{100 * eval_bound / t_eval:.0f}% of LSTM matmul bound (forward only)"))
     sweep_cfg = compose([])
     lrs = lr_grid(sweep_cfg)
     t_sweep = median_time(lambda: [sweep_baseline(n, lrs, problems, 100) for n in sweep_cfg.sweep.optimizers],
                           args.repeats)
     rows.append((f"quadratic: sweep 4 baselines x {len(lrs)} lrs x 256 problems x 100 steps", f"{t_sweep:.2f} s",
-                 f"{4 * len(lrs) * 256 * 100 / t_sweep:,.0f} optimizee steps/s"))
+                 f"{4 * len(lrs) * 256 * 100 / t_sweep:,.0f} optimizee steps/s; "
+                 # the quadratic's loss and gradient: two 10x10 matrix-vector products, 4 d^2 flops
+                 f"{100 * 4 * len(lrs) * 256 * 100 * 4 * 10**2 / (gflops * 1e9) / t_sweep:.0f}% of matmul bound"))
     cost_per_step(cfg, task, optimizer, 256, args.repeats, rows)
 
     if not args.skip_mnist:

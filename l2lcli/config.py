@@ -77,8 +77,8 @@ def check(cfg: DictConfig, command: str) -> None:
             raise L2LError(
                 f"train.unroll={cfg.train.unroll} is longer than the horizon task.steps={cfg.task.steps}: "
                 "lower train.unroll or raise task.steps")
-        if cfg.train.meta_loss not in ("sum", "final", "log_sum"):
-            raise L2LError(f"train.meta_loss={cfg.train.meta_loss} is unknown: choose sum, final or log_sum")
+        if cfg.train.meta_loss not in ("sum", "final", "log_sum", "relative"):
+            raise L2LError(f"train.meta_loss={cfg.train.meta_loss} is unknown: choose sum, final, log_sum or relative")
         if cfg.train.grad_clip is not None:
             positive("train.grad_clip", integer=False)
         if cfg.train.time_limit is not None:

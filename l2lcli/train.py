@@ -20,10 +20,17 @@ from .runs import load_checkpoint, new_run_dir, save_checkpoint, write_csv, writ
 console = Console(stderr=True)
 
 
-def meta_loss_term(loss: torch.Tensor, t: int, T: int, kind: str) -> torch.Tensor:
-    """This step's share of the meta-loss L(phi) = sum_t w_t f(theta_t), averaged over the problems."""
+def meta_loss_term(loss: torch.Tensor, t: int, T: int, kind: str, scale: float = 1.0) -> torch.Tensor:
+    """This step's share of the meta-loss L(phi) = sum_t w_t f(theta_t), averaged over the problems.
+
+    `relative` weights step t by 1 / (running mean loss at step t), `scale`: every step's relative progress counts
+    alike, as in log_sum, but the loss stays linear, so one near-zero minibatch loss cannot dominate the way its
+    log does (and the meta-objective stays the mean loss that evaluation reports).
+    """
     if kind == "sum":
         return loss.mean()
+    if kind == "relative":
+        return loss.mean() / scale
     if kind == "final":
         return loss.mean() if t == T else loss.new_zeros(())
     return loss.clamp_min(1e-30).log().mean()  # log_sum
@@ -38,12 +45,14 @@ def validate(problems, optimizer, steps: int) -> float:
     return final if math.isfinite(final) else math.inf
 
 
-def trajectory(problems, optimizer, meta, T: int, tc) -> tuple[float, bool]:
+def trajectory(problems, optimizer, meta, T: int, tc, step_loss: list | None = None) -> tuple[float, bool]:
     """One trajectory on a fresh problem batch: T steps cut into unrolls of tc.unroll, a meta step after each.
 
     Returns the trajectory's mean loss, and False if a meta step was not finite (nothing was changed then, and the
-    rest of the trajectory, whose optimizee has blown up, is dropped).
+    rest of the trajectory, whose optimizee has blown up, is dropped). `step_loss` holds the running mean loss at
+    each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories).
     """
+    step_loss = step_loss if step_loss is not None else []
     params = problems.init_params()
     state = optimizer.init_state(params)
     params, loss, grads = loss_and_grads(problems, params, 0)
@@ -52,8 +61,13 @@ def trajectory(problems, optimizer, meta, T: int, tc) -> tuple[float, bool]:
         params, state = optimizer.step(params, grads, state)
         params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
                                              create_graph=tc.second_derivatives)
-        meta_loss = meta_loss + meta_loss_term(loss, t, T, tc.meta_loss)
-        mean_loss += loss.detach().mean().item() / T
+        mean = loss.detach().mean().item()
+        if len(step_loss) < t:
+            step_loss.append(mean)
+        meta_loss = meta_loss + meta_loss_term(loss, t, T, tc.meta_loss, scale=max(step_loss[t - 1], 1e-12))
+        if math.isfinite(mean):
+            step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
+        mean_loss += mean / T
         if t % tc.unroll == 0 or t == T:
             if not _meta_step(optimizer, meta, meta_loss, tc.grad_clip):
                 return mean_loss, False
@@ -82,7 +96,7 @@ def run(cfg: DictConfig) -> dict:
     validation = task.sample("validation", tc.validation_problems, cfg.seed, device=device)
 
     s = {"epoch": 0, "trajectories": 0, "best_val": math.inf, "best_epoch": -1, "since_best": 0, "bad": 0,
-         "bad_total": 0, "seconds": 0.0, "log": []}
+         "bad_total": 0, "seconds": 0.0, "log": [], "step_loss": []}
     if resumed is not None:
         run_dir = Path(resumed["path"]).parent
         optimizer.load_state_dict(resumed["weights"])
@@ -114,7 +128,7 @@ def run(cfg: DictConfig) -> dict:
                 for _ in range(tc.epoch_trajectories):
                     problems = task.sample("train", B, cfg.seed, index=s["trajectories"], device=device)
                     s["trajectories"] += 1
-                    loss, ok = trajectory(problems, optimizer, meta, T, tc)
+                    loss, ok = trajectory(problems, optimizer, meta, T, tc, s["step_loss"])
                     if not ok:
                         s["bad"] += 1
                         s["bad_total"] += 1

@@ -1,4 +1,5 @@
 import pandas as pd
+import pytest
 import torch
 
 from l2lcli import train
@@ -65,6 +66,20 @@ def test_second_derivatives_change_the_meta_gradient(make_cfg):
 
 
 def test_every_meta_loss_trains(make_cfg):
-    for kind in ("sum", "final", "log_sum"):
+    for kind in ("sum", "final", "log_sum", "relative"):
         r = train.run(make_cfg(f"train.meta_loss={kind}"))
         assert r["bad_steps"] == 0 and r["best_val_loss"] < float("inf")
+
+
+def test_relative_meta_loss_weights_each_step_by_its_running_mean(make_cfg):
+    cfg = make_cfg("train.meta_loss=relative")
+    loss = torch.tensor([2.0, 4.0])
+    assert train.meta_loss_term(loss, 3, 10, "relative", scale=6.0).item() == pytest.approx(0.5)
+    task, opt = build(cfg.task), build(cfg.optimizer)
+    meta = torch.optim.Adam(opt.parameters(), lr=1e-3)
+    step_loss = []
+    train.trajectory(task.sample("train", 4, 0), opt, meta, cfg.task.steps, cfg.train, step_loss)
+    first = list(step_loss)
+    assert len(first) == cfg.task.steps and all(v > 0 for v in first)
+    train.trajectory(task.sample("train", 4, 0, index=1), opt, meta, cfg.task.steps, cfg.train, step_loss)
+    assert step_loss != first  # an exponential average over trajectories, updated in place
