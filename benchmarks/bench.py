@@ -170,6 +170,7 @@ def main():
     parser.add_argument("--skip-mnist", action="store_true")
     args = parser.parse_args()
     rows = []
+    resolve_device(compose([]))  # the process settings every l2l command uses (threads, allocator), for both sides
     gflops = matmul_gflops(args.repeats)
     rows.append(("machine", f"{os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads",
                  f"fp32 matmul {gflops:.0f} GFLOP/s"))
