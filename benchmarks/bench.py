@@ -126,6 +126,7 @@ def same_meta_gradient(cfg, task, problems_n: int, T: int) -> float:
 
 def meta_training(task_name: str, batch: int, naive_batch: int, repeats: int, rows: list, gflops: float):
     """Optimizee steps per second of l2l's meta-training (compiled cells, then eager) and of the reference."""
+    torch._dynamo.reset()  # compile for this task's shapes first, as a fresh `l2l meta-train` would
     cfg = compose([f"task={task_name}"])
     task = build(cfg.task)
     torch.manual_seed(0)
