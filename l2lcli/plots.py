@@ -64,6 +64,8 @@ def plot_generalization(figure: str, table: pd.DataFrame, curves: pd.DataFrame, 
             ax.plot(t["hidden"], t["learned_final_loss"], "o-", label="learned")
             ax.plot(t["hidden"], t["best_baseline_final_loss"], "s--", label="best baseline")
             ax.set(xscale="log", yscale="log", xlabel="hidden units", title=f"{d} hidden layer(s)")
+            ax.set_xticks(t["hidden"], [str(int(h)) for h in t["hidden"]])  # the widths, not log-scale minor ticks
+            ax.minorticks_off()
         axes[0][0].set_ylabel("final loss")
         axes[0][0].legend()
     fig.tight_layout()
