@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from l2lcli.config import baseline_config, build, compose, resolve_device
-from l2lcli.learned import fuse, preprocess, tree_detach
+from l2lcli.learned import LearnedOptimizer, fuse, preprocess, tree_detach
 from l2lcli.rollout import rollout
 from l2lcli.sweep import lr_grid, sweep_baseline
 from l2lcli.train import trajectory
@@ -44,33 +44,41 @@ def lstm_flops_per_coordinate(net) -> float:
 
 
 # --- the reference: how typical reimplementations meta-train, one optimizee at a time -------------------------
-class RowMajorLSTM:
-    """The reference's optimizer: l2l's LSTM weights (shared, so both train the same network), run as typical
-    reimplementations do: eager nn.LSTMCell with one coordinate per row."""
+class RowMajorNet:
+    """l2l's coordinatewise LSTM (the same weights) run as typical reimplementations do: eager nn.LSTMCell with one
+    coordinate per row."""
 
-    def __init__(self, rule):
-        self.net = rule.nets["all"]
-        assert not self.net.gac and list(rule.groups) == ["all"], "the reference is the plain LSTM"
+    def __init__(self, net):
+        self.net = net
 
-    def parameters(self):
-        return self.net.parameters()
+    def init_state(self, N, n, device, dtype):
+        return [tuple(torch.zeros(N * n, self.net.hidden, device=device, dtype=dtype) for _ in "hc")
+                for _ in self.net.cells]
 
-    def init_state(self, params):
-        n = sum(v[0].numel() for v in params.values())
-        return [(torch.zeros(n, self.net.hidden), torch.zeros(n, self.net.hidden)) for _ in self.net.cells]
-
-    def step(self, params, grads, state):
-        names = sorted(params)
-        x = preprocess(torch.cat([grads[k].reshape(-1) for k in names]), self.net.kind, self.net.p)
-        new_state = []
+    def __call__(self, g, state):
+        x, new_state = preprocess(g.reshape(-1), self.net.kind, self.net.p), []
         for cell, (h, c) in zip(self.net.cells, state, strict=True):
             h, c = cell(x, (h, c))
             new_state.append((h, c))
             x = h
-        update = self.net.out(x).squeeze(-1) * self.net.scale
-        sizes = [params[k].numel() for k in names]
-        return {k: params[k] + u.view_as(params[k]) for k, u in zip(names, update.split(sizes), strict=True)}, \
-            new_state
+        return self.net.out(x).view(g.shape) * self.net.scale, new_state
+
+
+class RowMajorLSTM:
+    """The reference's optimizer: l2l's own grouping and update code (LearnedOptimizer) around RowMajorNet, sharing
+    l2l's weights, so both train the same network."""
+
+    init_state, step = LearnedOptimizer.init_state, LearnedOptimizer.step
+
+    def __init__(self, rule):
+        assert not any(net.gac for net in rule.nets.values()), "the reference is the plain LSTM"
+        self.rule, self.nets = rule, {g: RowMajorNet(net) for g, net in rule.nets.items()}
+
+    def assign(self, names):
+        return self.rule.assign(names)
+
+    def parameters(self):
+        return self.rule.parameters()
 
 
 def naive_trajectory(problems, optimizer, meta, T: int, unroll: int, which=None) -> None:

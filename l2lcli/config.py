@@ -133,6 +133,8 @@ def _reuse_freed_memory() -> None:
 
 
 def resolve_device(cfg: DictConfig) -> torch.device:
+    """The torch device of `cfg.device`, after applying its process-wide settings: threads, memory reuse and
+    whether the LSTM cells are compiled. Safe to call more than once."""
     name = cfg.device.name
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

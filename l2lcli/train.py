@@ -62,8 +62,8 @@ def trajectory(problems, optimizer, meta, T: int, tc, step_loss: list | None = N
         params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
                                              create_graph=tc.second_derivatives)
         mean = loss.detach().mean().item()
-        if len(step_loss) < t:
-            step_loss.append(mean)
+        if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
+            step_loss.append(mean if math.isfinite(mean) else 1.0)
         meta_loss = meta_loss + meta_loss_term(loss, t, T, tc.meta_loss, scale=max(step_loss[t - 1], 1e-12))
         if math.isfinite(mean):
             step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
