@@ -40,8 +40,9 @@ def _table(df, title: str) -> None:
     out.print(table)
 
 
-def _checkpoint_overrides(checkpoint: str, overrides: list[str]) -> list[str]:
-    """Evaluate a checkpoint on the task and optimizer it was trained with; the command line may change task keys.
+def _checkpoint_overrides(checkpoint: str, overrides: list[str], groups=("task", "optimizer")) -> list[str]:
+    """Use a checkpoint with the config `groups` it was trained with (evaluation: task and optimizer; fine-tuning:
+    the optimizer); the command line may change their keys.
 
     The data folder is not inherited: it belongs to the machine, not to the experiment.
     """
@@ -50,15 +51,15 @@ def _checkpoint_overrides(checkpoint: str, overrides: list[str]) -> list[str]:
     saved = load_checkpoint(checkpoint)["config"]
     for o in overrides:
         key, _, value = o.partition("=")
-        if key in ("task", "optimizer") and value != saved[key].name:
+        if key in groups and value != saved[key].name:
             raise L2LError(f"checkpoint '{checkpoint}' holds optimizer={saved.optimizer.name} trained on "
-                           f"task={saved.task.name}; it cannot be evaluated with {key}={value}")
+                           f"task={saved.task.name}; it cannot be used with {key}={value}")
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    inherited = [f"{group}.{k}={v}" for group in ("task", "optimizer") for k, v in saved[group].items()
+    inherited = [f"{group}.{k}={v}" for group in groups for k, v in saved[group].items()
                  if f"{group}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")
                  and not isinstance(v, (dict, list)) and v is not None]
     inherited += [f"optimizer.groups={saved.optimizer.groups}"] if saved.optimizer.get("groups") else []
-    return [f"task={saved.task.name}", f"optimizer={saved.optimizer.name}", *inherited, *overrides]
+    return [f"{group}={saved[group].name}" for group in groups] + inherited + overrides
 
 
 def _invoke(command: str, overrides: list[str] | None, **extra) -> dict:
@@ -68,6 +69,8 @@ def _invoke(command: str, overrides: list[str] | None, **extra) -> dict:
     try:
         if command in ("evaluate", "generalize") and extra.get("eval.checkpoint"):
             overrides = _checkpoint_overrides(extra["eval.checkpoint"], overrides)
+        if command == "meta-train" and extra.get("train.init_from"):
+            overrides = _checkpoint_overrides(extra["train.init_from"], overrides, groups=("optimizer",))
         overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
         cfg = compose(overrides)
         runner = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run,
@@ -102,8 +105,10 @@ def _print_evaluate(r: dict) -> None:
 @app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.",
              help=f"Meta-train a learned optimizer. {GROUPS_HELP}")
 def meta_train(overrides: list[str] | None = OVERRIDES,
-               resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt.")):
-    _print_meta_train(_invoke("meta-train", overrides, **{"train.resume": resume}))
+               resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt."),
+               init_from: str | None = typer.Option(None, help="Start from a trained optimizer's weights (a run "
+                                                    "folder or .pt): fine-tuning, longer unrolls, new tasks.")):
+    _print_meta_train(_invoke("meta-train", overrides, **{"train.resume": resume, "train.init_from": init_from}))
 
 
 @app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.",

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import L2LError, build, check, resolve_device
-from .learned import tree_detach
+from .learned import load_rule, tree_detach
 from .rollout import loss_and_grads, rollout
 from .runs import load_checkpoint, new_run_dir, save_checkpoint, write_csv, write_json
 
@@ -86,7 +86,7 @@ def run(cfg: DictConfig) -> dict:
     device = resolve_device(cfg)
     torch.manual_seed(cfg.seed)
     task = build(cfg.task)
-    optimizer = build(cfg.optimizer)
+    optimizer = load_rule(cfg.train.init_from, cfg.optimizer).train() if cfg.train.init_from else build(cfg.optimizer)
     if not getattr(optimizer, "learned", False):
         raise L2LError(f"optimizer={cfg.optimizer.name} has nothing to meta-train: use optimizer=lstm, lstm_gac, "
                        "ntm_bfgs or ntm_lbfgs (baselines are tuned with `l2l sweep-baselines`)")

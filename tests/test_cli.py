@@ -68,6 +68,22 @@ def test_evaluate_inherits_the_checkpoint_config_and_allows_longer_horizons(tmp_
     assert "hidden: 8" in (ev / "config.yaml").read_text()
 
 
+def test_init_from_starts_from_the_checkpoints_weights_with_its_optimizer_config(tmp_path):
+    assert l2l("meta-train", "optimizer.hidden=8", out=tmp_path).exit_code == 0
+    first = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    # a negligible meta-lr: the second run keeps the weights it started from (Adam moves each by ~lr per step);
+    # ignoring --init-from would leave it with a fresh initialisation, far from the trained weights
+    res = l2l("meta-train", "--init-from", str(first), "train.unroll=20", "train.meta_lr=1e-12", out=tmp_path)
+    assert res.exit_code == 0, res.output
+    second = next(p for p in (tmp_path / "meta-train" / "quadratic").iterdir() if p != first)
+    a, b = torch.load(first / "best.pt")["weights"], torch.load(second / "best.pt")["weights"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
+    cfg = (second / "config.yaml").read_text()
+    assert "hidden: 8" in cfg and "unroll: 20" in cfg and str(first) in cfg
+    one_line_error(l2l("meta-train", "--init-from", str(first), "optimizer=lstm_gac", out=tmp_path),
+                   "cannot be used with optimizer=lstm_gac")
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["meta-train", "task=cifar100"], "unknown task 'cifar100'"),
     (["meta-train", "optimizer=adamw"], "unknown optimizer 'adamw'"),
@@ -125,7 +141,7 @@ def test_corrupt_foreign_and_mismatched_checkpoints(tmp_path):
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     one_line_error(l2l("evaluate", "--checkpoint", str(foreign), out=tmp_path), "not an l2l checkpoint")
     one_line_error(l2l("evaluate", "--checkpoint", str(run), "optimizer=lstm_gac", out=tmp_path),
-                   "cannot be evaluated with optimizer=lstm_gac")
+                   "cannot be used with optimizer=lstm_gac")
 
 
 
