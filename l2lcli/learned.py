@@ -66,7 +66,8 @@ def _cell_backward(dh, dc, c, w, xh, act, tc):
                         dh * tc * o * (1 - o)], 0)
     dxh = w[:, :-1].t() @ dgates
     F = xh.shape[0] - c.shape[0] - 1
-    return dxh[:F], dxh[F:], dc * f, dgates @ xh.t()
+    # xh @ dgates^T, then transposed: 2-3x faster with MKL than dgates @ xh^T for these skinny, long-K products
+    return dxh[:F], dxh[F:], dc * f, (xh @ dgates.t()).t()
 
 
 class _Kernels:
@@ -83,7 +84,7 @@ class _Kernels:
         if not cls.fused:
             return _cell_forward, _cell_backward
         if cls._compiled is None:
-            cls._compiled = torch.compile(_cell_forward, dynamic=False), torch.compile(_cell_backward, dynamic=False)
+            cls._compiled = torch.compile(_cell_forward), torch.compile(_cell_backward)
         return cls._compiled
 
 
@@ -108,7 +109,8 @@ class _Cell(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h, c, w):
-        h_new, c_new, xh, act, tc = _Kernels.get()[0](x, h, c, w)
+        # plain tensors: the compiled kernel's guards then see one variant per shape, whatever requires grad
+        h_new, c_new, xh, act, tc = _Kernels.get()[0](x.detach(), h.detach(), c.detach(), w.detach())
         ctx.save_for_backward(c, w, xh, act, tc)
         return h_new, c_new
 
