@@ -58,6 +58,11 @@ def _cell_forward(x, h, c, w):
     return o * tc, c_new, xh, act, tc
 
 
+def _cell_step(x, h, c, w):
+    """_cell_forward without gradients (evaluation): compiled, nothing but h' and c' reaches memory."""
+    return _cell_forward(x, h, c, w)[:2]
+
+
 def _cell_backward(dh, dc, c, w, xh, act, tc):
     """Gradients of _cell_forward's inputs (x, h, c, w) from those of its outputs (h', c')."""
     i, f, g, o = act.split(c.shape[0], 0)
@@ -71,8 +76,8 @@ def _cell_backward(dh, dc, c, w, xh, act, tc):
 
 
 class _Kernels:
-    """The cell's forward and backward, eager or compiled by torch.compile (`fuse`): one fused loop per
-    elementwise stretch instead of one pass over memory per op, which is where an eager LSTM on CPU spends its time.
+    """The cell's forward, backward and gradient-free step, eager or compiled by torch.compile (`fuse`): one fused
+    loop per elementwise stretch instead of one pass over memory per op, where an eager LSTM on CPU spends its time.
     They take plain tensors (no autograd inside), so torch.compile sees one graph per layer shape, whatever
     requires grad."""
 
@@ -82,9 +87,9 @@ class _Kernels:
     @classmethod
     def get(cls):
         if not cls.fused:
-            return _cell_forward, _cell_backward
+            return _cell_forward, _cell_backward, _cell_step
         if cls._compiled is None:
-            cls._compiled = torch.compile(_cell_forward), torch.compile(_cell_backward)
+            cls._compiled = tuple(torch.compile(f) for f in (_cell_forward, _cell_backward, _cell_step))
         return cls._compiled
 
 
@@ -126,7 +131,7 @@ def lstm_cell(cell: nn.LSTMCell, x, h, c):
     w = torch.cat([cell.weight_ih, cell.weight_hh, (cell.bias_ih + cell.bias_hh).unsqueeze(1)], 1)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h, c, w)):
         return _Cell.apply(x, h, c, w)
-    return _Kernels.get()[0](x, h, c, w)[:2]
+    return _Kernels.get()[2](x, h, c, w)
 
 
 class CoordinatewiseLSTM(nn.Module):
