@@ -180,7 +180,7 @@ def cost_per_step(cfg, task, optimizer, problems_n: int, repeats: int, rows: lis
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-mnist", action="store_true")
     args = parser.parse_args()
     rows = []
