@@ -115,7 +115,7 @@ def test_a_trained_optimizer_drives_an_ordinary_torch_model(make_cfg):
 @pytest.mark.parametrize("fused", [False, True])
 def test_cell_backward_is_autograds(fused):
     """The hand-written backward of the LSTM cell (eager, and compiled by torch.compile) against autograd through
-    nn.LSTMCell, for every input: features, state and weights."""
+    nn.LSTMCell, for every input: features, state and weights; and the gradient-free step against the cell."""
     from l2lcli.learned import fuse, lstm_cell
 
     if fused and not fuse(True):
@@ -136,5 +136,9 @@ def test_cell_backward_is_autograds(fused):
             torch.testing.assert_close(a.T, b)
         for a, b in zip(got[3:], ref[3:], strict=True):
             torch.testing.assert_close(a, b)
+        with torch.no_grad():
+            h_step, c_step = lstm_cell(cell, *cols)
+        torch.testing.assert_close(h_step.T, h_ref.detach())
+        torch.testing.assert_close(c_step.T, c_ref.detach())
     finally:
         fuse(False)
