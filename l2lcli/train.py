@@ -86,7 +86,10 @@ def run(cfg: DictConfig) -> dict:
     device = resolve_device(cfg)
     torch.manual_seed(cfg.seed)
     task = build(cfg.task)
-    optimizer = load_rule(cfg.train.init_from, cfg.optimizer).train() if cfg.train.init_from else build(cfg.optimizer)
+    if cfg.train.init_from and resumed is None:  # a resumed run takes its weights from its own last.pt
+        optimizer = load_rule(cfg.train.init_from, cfg.optimizer).train()
+    else:
+        optimizer = build(cfg.optimizer)
     if not getattr(optimizer, "learned", False):
         raise L2LError(f"optimizer={cfg.optimizer.name} has nothing to meta-train: use optimizer=lstm, lstm_gac, "
                        "ntm_bfgs or ntm_lbfgs (baselines are tuned with `l2l sweep-baselines`)")

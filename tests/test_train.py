@@ -83,3 +83,13 @@ def test_relative_meta_loss_weights_each_step_by_its_running_mean(make_cfg):
     assert len(first) == cfg.task.steps and all(v > 0 for v in first)
     train.trajectory(task.sample("train", 4, 0, index=1), opt, meta, cfg.task.steps, cfg.train, step_loss)
     assert step_loss != first  # an exponential average over trajectories, updated in place
+
+
+def test_a_fine_tuned_run_resumes_without_the_run_it_started_from(make_cfg):
+    import shutil
+
+    first = train.run(make_cfg())["run_dir"]
+    second = train.run(make_cfg(f"train.init_from={first}", "train.max_epochs=1"))["run_dir"]
+    shutil.rmtree(first)
+    r = train.run(make_cfg(f"train.resume={second}"))
+    assert r["run_dir"] == second and r["epochs"] == 1
