@@ -137,14 +137,17 @@ def lstm_cell(cell: nn.LSTMCell, x, h, c):
 class CoordinatewiseLSTM(nn.Module):
     """A stack of LSTM cells applied to every coordinate; `gac` cells per layer are global averaging cells."""
 
-    def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0):
+    def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0, output="linear"):
         super().__init__()
         if not 0 <= gac <= hidden:
             raise ValueError(f"optimizer.gac={gac} must be between 0 and optimizer.hidden={hidden}")
+        if output not in ("linear", "exp_magnitude"):
+            raise ValueError(f"optimizer.output={output} is unknown: choose linear or exp_magnitude")
         self.hidden, self.gac, self.kind, self.p, self.scale = hidden, gac, preprocess, p, output_scale
+        self.output = output
         features = 2 if preprocess == "log_sign" else 1
         self.cells = nn.ModuleList(nn.LSTMCell(features if i == 0 else hidden, hidden) for i in range(layers))
-        self.out = nn.Linear(hidden, 1)
+        self.out = nn.Linear(hidden, 1 if output == "linear" else 2)
         with torch.no_grad():
             for cell in self.cells:  # forget-gate bias 1: remember by default
                 cell.bias_ih[hidden : 2 * hidden].fill_(1.0)
@@ -179,7 +182,16 @@ class CoordinatewiseLSTM(nn.Module):
         """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
         N = g.shape[0]
         x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p, dim=0), state, N)
-        return self.linear(self.out, x).view(N, -1) * self.scale, new_state
+        return self.readout(x).view(N, -1), new_state
+
+    def readout(self, x):
+        """The update of every column of the top layer's output x [H, rows]: [1, rows]."""
+        out = self.linear(self.out, x)
+        if self.output == "exp_magnitude":
+            # direction * exp(log-magnitude): a magnitude linear in log|g| gives steps proportional to a power of
+            # |g| (gradient descent's), which a linear read-out of tanh-bounded states cannot form from log|g|
+            out = out[:1] * out[1:].clamp(-30.0, 10.0).exp()
+        return out * self.scale
 
 
 class LearnedOptimizer(nn.Module):
@@ -280,7 +292,7 @@ class NTMController(CoordinatewiseLSTM):
         N, n = g.shape
         inputs = torch.cat([g.unsqueeze(0), state["read"].permute(2, 0, 1)], 0).reshape(1 + self.reads, -1)
         x, lstm = self.stack(preprocess(inputs, self.kind, self.p, dim=1).reshape(-1, N * n), state["lstm"], N)
-        update = self.linear(self.out, x).view(N, n) * self.scale
+        update = self.readout(x).view(N, n)
         heads = self.linear(self.heads, x).view(-1, N, n).permute(1, 2, 0)
         r, a, b = heads.split([self.reads, self.writes, self.writes], -1)
         if self.history is None:

@@ -71,6 +71,21 @@ def test_output_scale_scales_the_update():
     torch.testing.assert_close(b, 10 * a)
 
 
+def test_exp_magnitude_output_is_direction_times_exp_of_log_magnitude():
+    net = _lstm(output="exp_magnitude").nets["all"]
+    with torch.no_grad():  # a magnitude far from 0, so that the exp matters
+        net.out.bias.copy_(torch.tensor([0.3, -2.0]))
+    g = torch.randn(2, 5)
+    state = net.init_state(2, 5, g.device, g.dtype)
+    update, _ = net(g, state)
+    x, _ = net.stack(preprocess(g.reshape(-1), "log_sign", 10.0, dim=0), state, 2)
+    d, m = net.out.weight @ x + net.out.bias.unsqueeze(1)
+    torch.testing.assert_close(update, (0.1 * d * m.exp()).view(2, 5))
+    assert not torch.allclose(update, (0.1 * d).view(2, 5))
+    with pytest.raises(ValueError, match="optimizer.output=cubic"):
+        _lstm(output="cubic")
+
+
 def test_named_groups_get_separate_networks():
     opt = _lstm(groups={"conv": ["conv"], "fc": ["fc"]})
     assert set(opt.nets) == {"conv", "fc"}
