@@ -90,7 +90,7 @@ def _print_meta_train(r: dict) -> None:
 
 def _print_sweep(r: dict) -> None:
     _table(r["table"][["optimizer", "lr", "final_loss", "log10_final_loss"]],
-           f"{r['task']}: best learning rates, {r['steps']} steps, {r['problems']} test problems")
+           f"{r['task']}: best learning rates, {r['steps']} steps, {r['problems']} {r['split']} problems")
     if r["never_converged"]:
         out.print(f"diverged at every learning rate: {', '.join(r['never_converged'])}")
     out.print(f"sweep-baselines -> {r['run_dir']}")
@@ -98,7 +98,8 @@ def _print_sweep(r: dict) -> None:
 
 def _print_evaluate(r: dict) -> None:
     cols = ["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]
-    _table(r["table"][cols], f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} test problems")
+    _table(r["table"][cols],
+           f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
     out.print(f"evaluate -> {r['run_dir']}")
 
 

@@ -85,6 +85,9 @@ def check(cfg: DictConfig, command: str) -> None:
             positive("train.time_limit", integer=False)
     if command in ("evaluate", "sweep-baselines", "meta-train"):
         positive("eval.problems")
+        if cfg.eval.split not in ("test", "validation"):
+            raise L2LError(f"eval.split={cfg.eval.split} is invalid: choose test or validation (training problems "
+                           "are for meta-training)")
         if cfg.eval.steps is not None:
             positive("eval.steps")
     if command == "sweep-baselines":

@@ -1,4 +1,4 @@
-"""Evaluation on fresh test problems, against the swept baselines: `run(cfg) -> results`."""
+"""Evaluation on fresh test (or validation) problems, against the swept baselines: `run(cfg) -> results`."""
 
 from __future__ import annotations
 
@@ -38,9 +38,13 @@ def load_baselines(cfg: DictConfig) -> pd.DataFrame:
         raise L2LError(f"baselines '{path}' not found: pass a sweep-baselines run folder or its best.csv")
     saved = csv.parent / "config.yaml"
     if saved.is_file():
-        task = OmegaConf.load(saved).task
-        if task.name != cfg.task.name:
-            raise L2LError(f"baselines '{path}' were swept on task={task.name}, not {cfg.task.name}")
+        swept = OmegaConf.load(saved)
+        if swept.task.name != cfg.task.name:
+            raise L2LError(f"baselines '{path}' were swept on task={swept.task.name}, not {cfg.task.name}")
+        split = OmegaConf.select(swept, "eval.split", default="test")
+        if split != cfg.eval.split:
+            raise L2LError(f"baselines '{path}' were swept on {split} problems, not eval.split={cfg.eval.split}: "
+                           f"sweep again with eval.split={cfg.eval.split}")
     try:
         best = pd.read_csv(csv)
         best = best[["optimizer", "lr"]]
@@ -79,22 +83,23 @@ def race(problems, name: str, optimizer, baselines: pd.DataFrame, steps: int):
 
 
 def run(cfg: DictConfig) -> dict:
-    """Run the optimizer (and the best baselines) on cfg.eval.problems fresh test problems."""
+    """Run the optimizer (and the best baselines) on cfg.eval.problems fresh problems of cfg.eval.split."""
     check(cfg, "evaluate")
     device = resolve_device(cfg)
     task = build(cfg.task)
     optimizer = load_optimizer(cfg, device)
     baselines = load_baselines(cfg) if cfg.eval.baselines else pd.DataFrame(columns=["optimizer", "lr"])
     steps = cfg.eval.steps or cfg.task.steps
-    problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
+    problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     run_dir = new_run_dir(cfg, "evaluate")
 
     summary, curves = race(problems, cfg.optimizer.name, optimizer, baselines, steps)
     write_csv(run_dir / "curves.csv", curves)
     write_csv(run_dir / "summary.csv", summary)
-    plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} test problems")
+    plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} {cfg.eval.split} problems")
     results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name, "data": task.describe(),
-               "steps": steps, "problems": cfg.eval.problems, "checkpoint": cfg.eval.checkpoint,
+               "steps": steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
+               "checkpoint": cfg.eval.checkpoint,
                "rows": summary.to_dict("records")}
     write_json(run_dir / "summary.json", results)
     results["table"] = summary

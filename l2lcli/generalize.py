@@ -31,7 +31,7 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[d
     """Tune every baseline's learning rate on this task's test problems, then run the learned optimizer on them."""
     task = build(task_cfg)
     steps = task_cfg.steps
-    problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
+    problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
     summary, curves = race(problems, cfg.optimizer.name, optimizer, best, steps)
     learned = summary["final_loss"].iloc[0]

@@ -52,12 +52,12 @@ def best_rows(sweep: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Sweep every baseline in cfg.sweep.optimizers over the learning-rate grid on the test problems."""
+    """Sweep every baseline in cfg.sweep.optimizers over the learning-rate grid on cfg.eval.split's problems."""
     check(cfg, "sweep-baselines")
     device = resolve_device(cfg)
     task = build(cfg.task)
     steps = cfg.eval.steps or cfg.task.steps
-    problems = task.sample("test", cfg.eval.problems, cfg.eval.seed, device=device)
+    problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     run_dir = new_run_dir(cfg, "sweep-baselines", label="baselines")
     lrs = lr_grid(cfg)
     write_text(run_dir / "baselines.yaml",
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> dict:
     write_csv(run_dir / "best.csv", best)
     plot_sweep(sweep, run_dir / "sweep.png", f"{cfg.task.name}: final loss after {steps} steps")
     results = {"command": "sweep-baselines", "run_dir": str(run_dir), "task": cfg.task.name,
-               "data": task.describe(), "steps": steps, "problems": cfg.eval.problems,
+               "data": task.describe(), "steps": steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
                "best": best[["optimizer", "lr", "final_loss"]].to_dict("records"),
                "never_converged": sorted(set(cfg.sweep.optimizers) - set(best["optimizer"]))}
     write_json(run_dir / "summary.json", results)

@@ -68,6 +68,20 @@ def test_evaluate_inherits_the_checkpoint_config_and_allows_longer_horizons(tmp_
     assert "hidden: 8" in (ev / "config.yaml").read_text()
 
 
+def test_validation_split_compares_checkpoints_without_the_test_problems(tmp_path):
+    for split in ("validation", "test"):
+        assert l2l("sweep-baselines", f"eval.split={split}", f"out_dir={tmp_path / split}", out=tmp_path).exit_code == 0
+    sweeps = {s: next((tmp_path / s / "sweep-baselines" / "quadratic").iterdir()) for s in ("validation", "test")}
+    losses = {s: pd.read_csv(d / "sweep.csv")["final_loss"] for s, d in sweeps.items()}
+    assert not losses["validation"].equals(losses["test"])  # other problems, same grid
+    res = l2l("evaluate", "optimizer=adam", "eval.split=validation", "--baselines", str(sweeps["validation"]),
+              out=tmp_path)
+    assert res.exit_code == 0 and "validation problems" in res.output.replace("\n", " "), res.output
+    one_line_error(l2l("evaluate", "optimizer=adam", "--baselines", str(sweeps["validation"]), out=tmp_path),
+                   "swept on validation problems, not eval.split=test")
+    one_line_error(l2l("evaluate", "optimizer=adam", "eval.split=train", out=tmp_path), "eval.split=train is invalid")
+
+
 def test_init_from_starts_from_the_checkpoints_weights_with_its_optimizer_config(tmp_path):
     assert l2l("meta-train", "optimizer.hidden=8", out=tmp_path).exit_code == 0
     first = next((tmp_path / "meta-train" / "quadratic").iterdir())
