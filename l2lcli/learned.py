@@ -250,7 +250,7 @@ class NTMController(CoordinatewiseLSTM):
 
         x_t   = [pre(g_t), pre(m_{t-1}^1), ..., pre(m_{t-1}^R)]       features of gradient and last read results
         h_t   = LSTM+GAC(x_t, h_{t-1})                                  (`gac` averaged cells per layer)
-        u_t   = output_scale * w_u . h_t                                the update of each coordinate
+        u_t   = output_scale * w_u . h_t                                the update of each coordinate (`readout`)
         a_t^j = w_a^j . h_t,  b_t^j = w_b^j . h_t,  j = 1..W            write vectors (one entry per coordinate)
         r_t^k = w_r^k . h_t,  k = 1..R                                  read vectors
         M_t   = M_{t-1} + sum_j a_t^j (b_t^j)^T                         low-rank writes, M_0 = 0 (n x n)
