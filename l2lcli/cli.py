@@ -7,6 +7,7 @@ import sys
 
 import typer
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -57,8 +58,11 @@ def _checkpoint_overrides(checkpoint: str, overrides: list[str], groups=("task",
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
     inherited = [f"{group}.{k}={v}" for group in groups for k, v in saved[group].items()
                  if f"{group}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")
-                 and not isinstance(v, (dict, list)) and v is not None]
-    inherited += [f"optimizer.groups={saved.optimizer.groups}"] if saved.optimizer.get("groups") else []
+                 and not OmegaConf.is_config(v) and v is not None]
+    if saved.optimizer.get("groups") and "optimizer.groups" not in given:
+        # in Hydra's override grammar ({name:['prefix',...]}), not Python's repr, which Hydra cannot parse
+        groups_value = ",".join(f"{k}:[{','.join(repr(str(p)) for p in v)}]" for k, v in saved.optimizer.groups.items())
+        inherited.append(f"optimizer.groups={{{groups_value}}}")
     return [f"{group}={saved[group].name}" for group in groups] + inherited + overrides
 
 

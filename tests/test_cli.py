@@ -68,6 +68,18 @@ def test_evaluate_inherits_the_checkpoint_config_and_allows_longer_horizons(tmp_
     assert "hidden: 8" in (ev / "config.yaml").read_text()
 
 
+def test_evaluate_and_init_from_inherit_named_parameter_groups(tmp_path):
+    # nets.solver instead of nets.all: a checkpoint whose groups were not inherited would not load
+    res = l2l("meta-train", "optimizer.groups={solver:[theta,bias]}", "optimizer.hidden=8", out=tmp_path)
+    assert res.exit_code == 0, res.output
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    for res in (l2l("evaluate", "--checkpoint", str(run), out=tmp_path),
+                l2l("meta-train", "--init-from", str(run), "train.max_epochs=1", out=tmp_path)):
+        assert res.exit_code == 0, res.output
+    ev = next((tmp_path / "evaluate" / "quadratic").iterdir())
+    assert "solver:\n    - theta\n    - bias" in (ev / "config.yaml").read_text()
+
+
 def test_validation_split_compares_checkpoints_without_the_test_problems(tmp_path):
     for split in ("validation", "test"):
         assert l2l("sweep-baselines", f"eval.split={split}", f"out_dir={tmp_path / split}", out=tmp_path).exit_code == 0
