@@ -151,7 +151,7 @@ def generalize(overrides: list[str] | None = OVERRIDES,
                checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file.")):
     r = _invoke("generalize", overrides, **{"eval.checkpoint": checkpoint})
     _table(r["table"][["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio",
-                       "verdict"]], f"{r['task']}: {r['figure']}, {r['problems']} test problems per variant")
+                       "verdict"]], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
     out.print(f"generalize -> {r['run_dir']}")
 
 

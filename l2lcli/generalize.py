@@ -28,7 +28,7 @@ def variants(cfg: DictConfig) -> list[dict]:
 
 
 def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[dict, pd.DataFrame]:
-    """Tune every baseline's learning rate on this task's test problems, then run the learned optimizer on them."""
+    """Tune every baseline's learning rate on this task's eval.split problems, then run the learned optimizer."""
     task = build(task_cfg)
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
@@ -67,7 +67,7 @@ def run(cfg: DictConfig) -> dict:
     write_csv(run_dir / "curves.csv", curves)
     plot_generalization(cfg.generalize.figure, table, curves, run_dir / f"{cfg.generalize.figure}.png")
     results = {"command": "generalize", "run_dir": str(run_dir), "task": cfg.task.name,
-               "figure": cfg.generalize.figure, "problems": cfg.eval.problems, "rows": rows}
+               "figure": cfg.generalize.figure, "split": cfg.eval.split, "problems": cfg.eval.problems, "rows": rows}
     write_json(run_dir / "summary.json", results)
     results["table"] = table
     return results
