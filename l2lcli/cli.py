@@ -41,6 +41,16 @@ def _table(df, title: str) -> None:
     out.print(table)
 
 
+def _override_value(v) -> str:
+    """A saved config value in Hydra's override grammar: {name:['prefix',...]}, not Python's repr of a dict or list,
+    which Hydra cannot parse."""
+    if OmegaConf.is_dict(v):
+        return "{" + ",".join(f"{k}:{_override_value(x)}" for k, x in v.items()) + "}"
+    if OmegaConf.is_list(v):
+        return "[" + ",".join(repr(x) if isinstance(x, str) else _override_value(x) for x in v) + "]"
+    return str(v)
+
+
 def _checkpoint_overrides(checkpoint: str, overrides: list[str], groups=("task", "optimizer")) -> list[str]:
     """Use a checkpoint with the config `groups` it was trained with (evaluation: task and optimizer; fine-tuning:
     the optimizer); the command line may change their keys.
@@ -56,13 +66,9 @@ def _checkpoint_overrides(checkpoint: str, overrides: list[str], groups=("task",
             raise L2LError(f"checkpoint '{checkpoint}' holds optimizer={saved.optimizer.name} trained on "
                            f"task={saved.task.name}; it cannot be used with {key}={value}")
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    inherited = [f"{group}.{k}={v}" for group in groups for k, v in saved[group].items()
+    inherited = [f"{group}.{k}={_override_value(v)}" for group in groups for k, v in saved[group].items()
                  if f"{group}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")
-                 and not OmegaConf.is_config(v) and v is not None]
-    if saved.optimizer.get("groups") and "optimizer.groups" not in given:
-        # in Hydra's override grammar ({name:['prefix',...]}), not Python's repr, which Hydra cannot parse
-        groups_value = ",".join(f"{k}:[{','.join(repr(str(p)) for p in v)}]" for k, v in saved.optimizer.groups.items())
-        inherited.append(f"optimizer.groups={{{groups_value}}}")
+                 and v is not None]
     return [f"{group}={saved[group].name}" for group in groups] + inherited + overrides
 
 

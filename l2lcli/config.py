@@ -12,6 +12,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .tasks import SPLITS
+
 CONFIG_MODULE = "l2lcli.conf"
 GROUPS = ("task", "optimizer", "device")
 
@@ -85,7 +87,7 @@ def check(cfg: DictConfig, command: str) -> None:
             positive("train.time_limit", integer=False)
     if command in ("evaluate", "sweep-baselines", "meta-train"):
         positive("eval.problems")
-        if cfg.eval.split not in ("test", "validation"):
+        if cfg.eval.split not in SPLITS or cfg.eval.split == "train":
             raise L2LError(f"eval.split={cfg.eval.split} is invalid: choose test or validation (training problems "
                            "are for meta-training)")
         if cfg.eval.steps is not None:
