@@ -16,11 +16,14 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from l2lcli.config import baseline_config, build, compose, resolve_device
-from l2lcli.learned import LearnedOptimizer, fuse, preprocess, tree_detach
+from l2lcli.bptt import trajectory, tree_detach
+from l2lcli.commands.sweep import lr_grid, sweep_baseline
+from l2lcli.config import baseline_config, build, compose
+from l2lcli.device import resolve_device
+from l2lcli.optimizers.cells import fuse
+from l2lcli.optimizers.learned import LearnedOptimizer
+from l2lcli.optimizers.preprocess import preprocess
 from l2lcli.rollout import rollout
-from l2lcli.sweep import lr_grid, sweep_baseline
-from l2lcli.train import trajectory
 
 
 def median_time(fn, repeats: int) -> float:
@@ -74,8 +77,8 @@ class RowMajorLSTM:
         assert not any(net.gac for net in rule.nets.values()), "the reference is the plain LSTM"
         self.rule, self.nets = rule, {g: RowMajorNet(net) for g, net in rule.nets.items()}
 
-    def assign(self, names):
-        return self.rule.assign(names)
+    def assign(self, names, kinds=None):
+        return self.rule.assign(names, kinds)
 
     def parameters(self):
         return self.rule.parameters()
@@ -114,6 +117,11 @@ def _one(problems, params, t, b):
     return sliced.loss(params, t)
 
 
+def l2l_trajectory(problems, optimizer, meta, T: int, tc) -> None:
+    """One meta-training trajectory as `l2l meta-train` runs it, with the train config `tc`."""
+    trajectory(problems, optimizer, meta, T, tc.unroll, tc.meta_loss, tc.second_derivatives, tc.grad_clip)
+
+
 def same_meta_gradient(cfg, task, problems_n: int, T: int) -> float:
     """Max relative difference between l2l's batched meta-gradient and the reference's, over T steps (one unroll)."""
     tc = OmegaConf.merge(cfg.train, {"grad_clip": None, "unroll": T})
@@ -126,7 +134,7 @@ def same_meta_gradient(cfg, task, problems_n: int, T: int) -> float:
         return torch.cat([p.grad.flatten() for p in optimizer.parameters()])
 
     problems = task.sample("train", problems_n, 0)
-    batched = gradient(lambda o, m: trajectory(problems, o, m, T, tc))
+    batched = gradient(lambda o, m: l2l_trajectory(problems, o, m, T, tc))
     ref = sum(gradient(lambda o, m, b=b: naive_trajectory(problems, RowMajorLSTM(o), m, T, T, [b]))
               for b in range(problems_n)) / problems_n
     return ((batched - ref).abs().max() / ref.abs().max()).item()
@@ -136,7 +144,7 @@ def meta_training(task_name: str, batches: tuple, naive_batch: int, repeats: int
     """Optimizee steps per second of l2l's meta-training (compiled cells, then eager; at each number of problems per
     trajectory in `batches`) and of the reference, which takes problems one at a time."""
     torch._dynamo.reset()  # compile for this task's shapes first, as a fresh `l2l meta-train` would
-    cfg = compose([f"task={task_name}"])
+    cfg = compose([f"task={task_name}", "recipe=paper"])  # one LSTM for every parameter, as earlier figures
     task = build(cfg.task)
     torch.manual_seed(0)
     optimizer = build(cfg.optimizer)
@@ -146,7 +154,7 @@ def meta_training(task_name: str, batches: tuple, naive_batch: int, repeats: int
     for batch, compiled in [(b, True) for b in batches] + [(batches[0], False)]:
         fuse(compiled)
         problems = task.sample("train", batch, 0)
-        seconds = median_time(lambda p=problems: trajectory(p, optimizer, meta, T, cfg.train), repeats)
+        seconds = median_time(lambda p=problems: l2l_trajectory(p, optimizer, meta, T, cfg.train), repeats)
         rates[batch, compiled] = batch * T / seconds
     resolve_device(cfg)  # the configured default (device.compile=true) from here on
     small = task.sample("train", naive_batch, 0)
@@ -154,7 +162,7 @@ def meta_training(task_name: str, batches: tuple, naive_batch: int, repeats: int
     naive_rate = naive_batch * T / median_time(lambda: naive_trajectory(small, reference, meta, T, U), repeats)
     coords = sum(v[0].numel() for v in small.init_params().values())
     # forward + backward of the LSTM ~ 3x its forward matrix work, per coordinate and step
-    bound = gflops * 1e9 / (3 * lstm_flops_per_coordinate(optimizer.nets["all"]) * coords)
+    bound = gflops * 1e9 / (3 * lstm_flops_per_coordinate(next(iter(optimizer.nets.values()))) * coords)
     name = f"{task_name}: meta-training"
     for batch in batches:
         rate = rates[batch, True]
@@ -194,7 +202,7 @@ def main():
                  f"max rel. diff {diff:.1e}", "same results"))
     problems = task.sample("test", 256, 0)
     t_eval = median_time(lambda: rollout(problems, optimizer, 100), args.repeats)
-    eval_bound = lstm_flops_per_coordinate(optimizer.nets["all"]) * 10 * 256 * 100 / (gflops * 1e9)
+    eval_bound = lstm_flops_per_coordinate(next(iter(optimizer.nets.values()))) * 10 * 256 * 100 / (gflops * 1e9)
     rows.append(("quadratic: evaluate learned optimizer, 256 problems x 100 steps", f"{t_eval:.2f} s",
                  f"{100 * eval_bound / t_eval:.0f}% of LSTM matmul bound (forward only)"))
     sweep_cfg = compose([])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from l2lcli import evaluate, sweep, train
+from l2lcli.commands import evaluate, sweep, train
 from l2lcli.config import compose
 
 

@@ -1,4 +1,4 @@
-"""The `l2l` command line: parse, compose the config, call a `run(cfg)`, print the result. Nothing else."""
+"""The `l2l` command line: parse, compose the config, call a command's `run(cfg)`, print the result. Nothing else."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ import math
 import sys
 
 import typer
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from .config import GROUPS, L2LError, compose, group_choices
+from .config import GROUPS, compose, group_choices
+from .errors import L2LError
 
 GROUPS_HELP = "Config groups (override with group=choice): " + "; ".join(
     f"{g}: {', '.join(group_choices(g))}" for g in GROUPS) + ". Any key: key=value, e.g. train.unroll=20."
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-OVERRIDES = typer.Argument(None, help="Hydra-style overrides: task=mnist optimizer=lstm train.meta_lr=0.01 ...",
+OVERRIDES = typer.Argument(None, help="Hydra-style overrides: task=mnist recipe=paper train.meta_lr=0.01 ...",
                            show_default=False)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,9 +26,18 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _fail(msg: str) -> None:
-    err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+def _run(command: str, overrides: list[str] | None, checkpoint=None, init_from=None, **keys) -> dict:
+    """Compose the command's config and run it; an L2LError becomes one line on stderr and exit code 2."""
+    from .commands import common, evaluate, experiment, generalize, sweep, train
+
+    runners = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run,
+               "generalize": generalize.run, "experiment": experiment.run}
+    try:
+        cfg = common.compose_for(list(overrides or []), checkpoint=checkpoint, init_from=init_from, **keys)
+        return runners[command](cfg)
+    except L2LError as e:
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _table(df, title: str) -> None:
@@ -41,61 +49,17 @@ def _table(df, title: str) -> None:
     out.print(table)
 
 
-def _override_value(v) -> str:
-    """A saved config value in Hydra's override grammar: {name:['prefix',...]}, not Python's repr of a dict or list,
-    which Hydra cannot parse."""
-    if OmegaConf.is_dict(v):
-        return "{" + ",".join(f"{k}:{_override_value(x)}" for k, x in v.items()) + "}"
-    if OmegaConf.is_list(v):
-        return "[" + ",".join(repr(x) if isinstance(x, str) else _override_value(x) for x in v) + "]"
-    return str(v)
-
-
-def _checkpoint_overrides(checkpoint: str, overrides: list[str], groups=("task", "optimizer")) -> list[str]:
-    """Use a checkpoint with the config `groups` it was trained with (evaluation: task and optimizer; fine-tuning:
-    the optimizer); the command line may change their keys.
-
-    The data folder is not inherited: it belongs to the machine, not to the experiment.
-    """
-    from .runs import load_checkpoint
-
-    saved = load_checkpoint(checkpoint)["config"]
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key in groups and value != saved[key].name:
-            raise L2LError(f"checkpoint '{checkpoint}' holds optimizer={saved.optimizer.name} trained on "
-                           f"task={saved.task.name}; it cannot be used with {key}={value}")
-    given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
-    inherited = [f"{group}.{k}={_override_value(v)}" for group in groups for k, v in saved[group].items()
-                 if f"{group}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")
-                 and v is not None]
-    return [f"{group}={saved[group].name}" for group in groups] + inherited + overrides
-
-
-def _invoke(command: str, overrides: list[str] | None, **extra) -> dict:
-    from . import evaluate, generalize, sweep, train
-
-    overrides = list(overrides or [])
-    try:
-        if command in ("evaluate", "generalize") and extra.get("eval.checkpoint"):
-            overrides = _checkpoint_overrides(extra["eval.checkpoint"], overrides)
-        if command == "meta-train" and extra.get("train.init_from"):
-            overrides = _checkpoint_overrides(extra["train.init_from"], overrides, groups=("optimizer",))
-        overrides += [f"{k}={v}" for k, v in extra.items() if v is not None]
-        cfg = compose(overrides)
-        runner = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run,
-                  "generalize": generalize.run}[command]
-        return runner(cfg)
-    except L2LError as e:
-        _fail(str(e))
-
-
 def _print_meta_train(r: dict) -> None:
-    out.print(f"meta-train {r['task']}/{r['optimizer']}: best validation loss {r['best_val_loss']:.4g} at epoch "
-              f"{r['best_epoch']} of {r['epochs']} ({r['stop_reason']}), {r['optimizee_steps_per_second']:.0f} "
-              f"optimizee steps/s -> {r['checkpoint']}")
+    out.print(f"meta-train {r['task']}/{r['optimizer']} (recipe {r['recipe']}): best validation loss "
+              f"{r['best_val_loss']:.4g} at epoch {r['best_epoch']} of {r['epochs']} ({r['stop_reason']}), "
+              f"{r['optimizee_steps_per_second']:.0f} optimizee steps/s, data {_data(r)} -> {r['checkpoint']}")
     if r["stop_reason"] == "interrupted":
         raise typer.Exit(130)
+
+
+def _data(r: dict) -> str:
+    d = r.get("data") or {}
+    return f"{d['source']} ({d['train_images']}/{d['validation_images']}/{d['test_images']} images)" if d else "none"
 
 
 def _print_sweep(r: dict) -> None:
@@ -103,14 +67,14 @@ def _print_sweep(r: dict) -> None:
            f"{r['task']}: best learning rates, {r['steps']} steps, {r['problems']} {r['split']} problems")
     if r["never_converged"]:
         out.print(f"diverged at every learning rate: {', '.join(r['never_converged'])}")
-    out.print(f"sweep-baselines -> {r['run_dir']}")
+    out.print(f"sweep-baselines (data {_data(r)}) -> {r['run_dir']}")
 
 
 def _print_evaluate(r: dict) -> None:
     cols = ["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]
     _table(r["table"][cols],
            f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
-    out.print(f"evaluate -> {r['run_dir']}")
+    out.print(f"evaluate (data {_data(r)}) -> {r['run_dir']}")
 
 
 @app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.",
@@ -119,7 +83,8 @@ def meta_train(overrides: list[str] | None = OVERRIDES,
                resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt."),
                init_from: str | None = typer.Option(None, help="Start from a trained optimizer's weights (a run "
                                                     "folder or .pt): fine-tuning, longer unrolls, new tasks.")):
-    _print_meta_train(_invoke("meta-train", overrides, **{"train.resume": resume, "train.init_from": init_from}))
+    _print_meta_train(_run("meta-train", overrides, init_from=init_from,
+                           **{"train.resume": resume, "train.init_from": init_from}))
 
 
 @app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.",
@@ -127,26 +92,25 @@ def meta_train(overrides: list[str] | None = OVERRIDES,
 def evaluate(overrides: list[str] | None = OVERRIDES,
              checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
              baselines: str | None = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
-    _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": checkpoint, "eval.baselines": baselines}))
+    _print_evaluate(_run("evaluate", overrides, checkpoint=checkpoint,
+                         **{"eval.checkpoint": checkpoint, "eval.baselines": baselines}))
 
 
 @app.command("sweep-baselines", context_settings=EXTRA,
              short_help="Sweep the baselines' learning rates on the test problems.",
              help=f"Sweep the baselines' learning rates on the test problems. {GROUPS_HELP}")
 def sweep_baselines(overrides: list[str] | None = OVERRIDES):
-    _print_sweep(_invoke("sweep-baselines", overrides))
+    _print_sweep(_run("sweep-baselines", overrides))
 
 
 @app.command(context_settings=EXTRA,
              short_help="The main job: meta-train, sweep the baselines, evaluate both, print the comparison.",
              help=f"The main job: meta-train, sweep the baselines, evaluate both, print the comparison. {GROUPS_HELP}")
 def experiment(overrides: list[str] | None = OVERRIDES):
-    trained = _invoke("meta-train", overrides)
-    _print_meta_train(trained)
-    swept = _invoke("sweep-baselines", overrides)
-    _print_sweep(swept)
-    _print_evaluate(_invoke("evaluate", overrides, **{"eval.checkpoint": trained["checkpoint"],
-                                                      "eval.baselines": swept["run_dir"]}))
+    r = _run("experiment", overrides)
+    _print_meta_train(r["meta-train"])
+    _print_sweep(r["sweep-baselines"])
+    _print_evaluate(r["evaluate"])
 
 
 @app.command(context_settings=EXTRA, short_help="A trained optimizer on task variants (paper Figures 5 and 6).",
@@ -155,7 +119,7 @@ def experiment(overrides: list[str] | None = OVERRIDES):
                   f"{GROUPS_HELP}")
 def generalize(overrides: list[str] | None = OVERRIDES,
                checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file.")):
-    r = _invoke("generalize", overrides, **{"eval.checkpoint": checkpoint})
+    r = _run("generalize", overrides, checkpoint=checkpoint, **{"eval.checkpoint": checkpoint})
     _table(r["table"][["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio",
                        "verdict"]], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
     out.print(f"generalize -> {r['run_dir']}")
@@ -164,7 +128,7 @@ def generalize(overrides: list[str] | None = OVERRIDES,
 @data_app.command("download", context_settings=EXTRA,
                   help="Download a dataset into data.root, checking each file's md5 (needs a network).")
 def data_download(dataset: str = typer.Argument(..., help="mnist"), overrides: list[str] | None = OVERRIDES):
-    from .data import download_mnist
+    from .data.mnist import download_mnist
 
     try:
         if dataset != "mnist":
@@ -172,7 +136,8 @@ def data_download(dataset: str = typer.Argument(..., help="mnist"), overrides: l
         root = compose(list(overrides or [])).data.root
         files = download_mnist(root)
     except L2LError as e:
-        _fail(str(e))
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     out.print(f"mnist: {len(files)} files verified in {root}")
 
 

@@ -6,10 +6,10 @@ import time
 
 import torch
 
-from .tasks import Problems
+from .tasks.base import ProblemBatch, replicate
 
 
-def loss_and_grads(problems: Problems, params: dict, t: int, retain_graph: bool = False,
+def loss_and_grads(problems: ProblemBatch, params: dict, t: int, retain_graph: bool = False,
                    create_graph: bool = False):
     """One loss evaluation per step, reused for the curve (or meta-loss) and the optimizee gradient.
 
@@ -23,10 +23,10 @@ def loss_and_grads(problems: Problems, params: dict, t: int, retain_graph: bool 
     return leaves, loss, dict(zip(leaves, grads, strict=True))
 
 
-def rollout(problems: Problems, optimizer, steps: int, replicas: int = 1) -> tuple[torch.Tensor, float]:
+def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) -> tuple[torch.Tensor, float]:
     """Losses [steps + 1, N] of theta_0 .. theta_steps (N = replicas * B), and the seconds per step."""
-    params = {k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in problems.init_params().items()}
-    state = optimizer.init_state(params)
+    params = replicate(problems.init_params(), replicas)
+    state = optimizer.init_state(params, problems.kinds)
     curve = []
     sync = params[next(iter(params))].device.type == "cuda"
     start = time.perf_counter()

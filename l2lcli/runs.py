@@ -1,7 +1,10 @@
-"""The run folder and everything written into it: atomic files, CSVs, checkpoints."""
+"""The run folder and everything written into it: atomic files, CSVs, checkpoints (and the rules inside them)."""
 
 from __future__ import annotations
 
+import copy
+import functools
+import io
 import json
 import os
 import subprocess
@@ -13,7 +16,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import L2LError
+from .config import build
+from .errors import L2LError, WriteError, one_line
 
 CHECKPOINT_FORMAT = "l2l-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -43,23 +47,36 @@ def new_run_dir(cfg: DictConfig, command: str, label: str | None = None) -> Path
 
 
 def atomic(path: Path, write) -> None:
-    """Write via a temp file in the same folder and rename: readers see the old file or the new, never half."""
+    """Write via a temp file in the same folder and rename: readers see the old file or the new, never half.
+
+    An OS error on the way (disk full, permission lost) is a WriteError naming the file; the old file stays whole.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        raise WriteError(f"cannot write '{path}' ({e.strerror or one_line(e)}): free disk space or fix the "
+                         "folder's permissions; every file finished before it is intact") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
-def write_text(path: Path, text: str) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     def w(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
     atomic(path, w)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> None:
@@ -92,26 +109,54 @@ def save_checkpoint(path: Path, cfg: DictConfig, optimizer: torch.nn.Module, **e
         "weights": {k: v.detach().cpu() for k, v in optimizer.state_dict().items()},
         **extra,
     }
-    atomic(path, lambda tmp: torch.save(payload, tmp))
+    buffer = io.BytesIO()  # serialised in memory, so that a failing disk is an OSError of ours, not torch's
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path) -> dict:
-    """A checkpoint's contents, loaded with weights_only=True (no code runs); any problem is one L2LError."""
+    """A checkpoint's contents, loaded with weights_only=True (no code runs); any problem is one L2LError.
+
+    A command reads each checkpoint file once: the contents are kept while the file is unchanged.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
         raise L2LError(f"checkpoint '{path}' not found: pass a best.pt / last.pt file or a meta-train run folder")
+    st = path.stat()
+    ckpt = copy.deepcopy(_read_checkpoint(str(path.resolve()), st.st_mtime_ns, st.st_size))  # callers may edit
+    ckpt["config"] = OmegaConf.create(ckpt["config"])
+    ckpt["path"] = str(path)
+    return ckpt
+
+
+@functools.lru_cache(maxsize=4)
+def _read_checkpoint(path: str, mtime_ns: int, size: int) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zips, pickles with code, foreign files: all refused the same way
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise L2LError(f"checkpoint '{path}' is corrupt or not an l2l checkpoint ({first[:120]})") from None
+        raise L2LError(f"checkpoint '{path}' is corrupt or not an l2l checkpoint ({one_line(e)[:120]})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise L2LError(f"'{path}' is not an l2l checkpoint: pass a file written by `l2l meta-train`")
     if ckpt.get("version") != CHECKPOINT_VERSION:
         raise L2LError(f"checkpoint '{path}' has format version {ckpt.get('version')}, this l2l reads "
                        f"{CHECKPOINT_VERSION}: re-run meta-train with this version")
-    ckpt["config"] = OmegaConf.create(ckpt["config"])
-    ckpt["path"] = str(path)
     return ckpt
+
+
+def load_rule(path, node=None):
+    """The trained optimizer saved in a meta-train checkpoint (or run folder), built from `node` if given, else
+    from the config saved with it."""
+    return rule_from(load_checkpoint(path), node)
+
+
+def rule_from(ckpt: dict, node=None):
+    """The trained optimizer of a loaded checkpoint (see load_rule)."""
+    rule = build(node if node is not None else ckpt["config"].optimizer)
+    try:
+        rule.load_state_dict(ckpt["weights"])
+    except RuntimeError as e:
+        raise L2LError(f"checkpoint '{ckpt['path']}' does not fit optimizer={rule.name} with this config "
+                       f"({one_line(e)[:100]})") from None
+    return rule.eval()

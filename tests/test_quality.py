@@ -2,7 +2,7 @@
 
 import pytest
 
-from l2lcli import evaluate, sweep, train
+from l2lcli.commands import evaluate, sweep, train
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from l2lcli.config import L2LError, build
-from l2lcli.learned import LSTMOptimizer
+from l2lcli.config import build
+from l2lcli.errors import L2LError
+from l2lcli.optimizers.learned import LSTMOptimizer
 
 
 def _opt(make_cfg, name, *overrides):
@@ -42,7 +43,7 @@ def test_problems_in_a_batch_stay_separate(make_cfg, name):
 def test_averaged_cells_are_equal_across_coordinates(make_cfg):
     opt = _opt(make_cfg, "lstm_gac", "optimizer.gac=3")
     _, state = _run(opt, [torch.randn(2, 7) for _ in range(2)], 2, 7)
-    for h, _ in state["all"]:
+    for h, _ in state["nets"]["all"]:
         h = h.view(-1, 2, 7).permute(1, 2, 0)  # [hidden, problems * coords] -> [problems, coords, hidden]
         assert torch.allclose(h[:, :, :3], h[:, :1, :3].expand(-1, 7, -1))  # shared within a problem
         assert not torch.allclose(h[0, :, :3], h[1, :, :3])                  # not across problems
@@ -65,13 +66,13 @@ def test_lbfgs_history_covering_every_write_equals_the_dense_memory(make_cfg):
     a, sa = _run(dense, grads, 2, 8)
     b, sb = _run(history, grads, 2, 8)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(sa["all"]["read"], sb["all"]["read"], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sa["nets"]["all"]["read"], sb["nets"]["all"]["read"], rtol=1e-4, atol=1e-5)
 
 
 def test_lbfgs_memory_stays_bounded(make_cfg):
     opt = _opt(make_cfg, "ntm_lbfgs", "optimizer.history=6")
     _, state = _run(opt, [torch.randn(1, 50) for _ in range(20)], 1, 50)
-    A, B = state["all"]["memory"]
+    A, B = state["nets"]["all"]["memory"]
     assert A.shape == B.shape == (1, 50, 6)
 
 
@@ -83,7 +84,7 @@ def test_dense_memory_above_the_limit_points_to_lbfgs(make_cfg):
 
 @pytest.mark.parametrize("name", ["lstm_gac", "ntm_bfgs", "ntm_lbfgs"])
 def test_every_command_accepts_them(make_cfg, name):
-    from l2lcli import evaluate, train
+    from l2lcli.commands import evaluate, train
     r = train.run(make_cfg(f"optimizer={name}"))
     e = evaluate.run(make_cfg(f"optimizer={name}", f"eval.checkpoint={r['checkpoint']}"))
     assert e["rows"][0]["optimizer"] == name and e["rows"][0]["final_loss"] > 0

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from l2lcli import sweep
+from l2lcli.commands import sweep
 from l2lcli.config import baseline_config, build
 from l2lcli.rollout import rollout
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from l2lcli.config import build
-from l2lcli.tasks import problem_rng
+from l2lcli.tasks.base import problem_rng
 
 
 def test_quadratic_loss_is_the_paper_formula(make_cfg):

@@ -2,9 +2,10 @@ import pandas as pd
 import pytest
 import torch
 
-from l2lcli import train
+from l2lcli import bptt
+from l2lcli.commands import train
 from l2lcli.config import build
-from l2lcli.rollout import rollout
+from l2lcli.rollout import loss_and_grads, rollout
 from l2lcli.runs import load_checkpoint
 
 
@@ -51,7 +52,6 @@ def test_second_derivatives_change_the_meta_gradient(make_cfg):
         torch.manual_seed(0)
         opt = build(cfg.optimizer)
         problems = task.sample("train", 4, 0)
-        from l2lcli.rollout import loss_and_grads
         params = problems.init_params()
         state = opt.init_state(params)
         params, loss, g = loss_and_grads(problems, params, 0)
@@ -65,6 +65,39 @@ def test_second_derivatives_change_the_meta_gradient(make_cfg):
     assert not torch.allclose(grads[False], grads[True])
 
 
+def _unroll_losses(cfg, kind, monkeypatch):
+    """The meta-loss handed to each meta step of one trajectory (T = 20, unrolls of 5), with weights that stay put,
+    and the loss curve of the same optimizer on the same problems."""
+    seen = []
+
+    def record(optimizer, meta, meta_loss, clip):
+        seen.append(meta_loss)
+        return True  # no update: every unroll sees the same weights as the reference rollout
+
+    monkeypatch.setattr(bptt, "meta_step", record)
+    torch.manual_seed(0)
+    opt = build(cfg.optimizer)
+    problems = build(cfg.task).sample("train", 4, 0)
+    bptt.trajectory(problems, opt, None, 20, 5, kind)
+    curve = rollout(problems, opt, 20)[0].mean(1)  # [21]: theta_0 .. theta_20
+    return seen, curve
+
+
+def test_sum_meta_loss_is_the_sum_of_each_unrolls_step_losses(make_cfg, monkeypatch):
+    seen, curve = _unroll_losses(make_cfg(), "sum", monkeypatch)
+    assert len(seen) == 4 and all(m.requires_grad for m in seen)
+    for u, m in enumerate(seen):  # steps 5u+1 .. 5u+5 (theta_0 never counts: no update has shaped it)
+        assert m.item() == pytest.approx(curve[5 * u + 1 : 5 * u + 6].sum().item(), rel=1e-5)
+
+
+def test_final_meta_loss_has_no_gradient_before_the_last_step(make_cfg, monkeypatch):
+    seen, curve = _unroll_losses(make_cfg(), "final", monkeypatch)
+    assert len(seen) == 4
+    for m in seen[:3]:
+        assert not (torch.is_tensor(m) and m.requires_grad) and float(m) == 0.0
+    assert seen[3].requires_grad and seen[3].item() == pytest.approx(curve[20].item(), rel=1e-5)
+
+
 def test_every_meta_loss_trains(make_cfg):
     for kind in ("sum", "final", "log_sum", "relative"):
         r = train.run(make_cfg(f"train.meta_loss={kind}"))
@@ -74,14 +107,15 @@ def test_every_meta_loss_trains(make_cfg):
 def test_relative_meta_loss_weights_each_step_by_its_running_mean(make_cfg):
     cfg = make_cfg("train.meta_loss=relative")
     loss = torch.tensor([2.0, 4.0])
-    assert train.meta_loss_term(loss, 3, 10, "relative", scale=6.0).item() == pytest.approx(0.5)
+    assert bptt.meta_loss_term(loss, 3, 10, "relative", scale=6.0).item() == pytest.approx(0.5)
     task, opt = build(cfg.task), build(cfg.optimizer)
     meta = torch.optim.Adam(opt.parameters(), lr=1e-3)
     step_loss = []
-    train.trajectory(task.sample("train", 4, 0), opt, meta, cfg.task.steps, cfg.train, step_loss)
+    T, U = cfg.task.steps, cfg.train.unroll
+    bptt.trajectory(task.sample("train", 4, 0), opt, meta, T, U, "relative", step_loss=step_loss)
     first = list(step_loss)
     assert len(first) == cfg.task.steps and all(v > 0 for v in first)
-    train.trajectory(task.sample("train", 4, 0, index=1), opt, meta, cfg.task.steps, cfg.train, step_loss)
+    bptt.trajectory(task.sample("train", 4, 0, index=1), opt, meta, T, U, "relative", step_loss=step_loss)
     assert step_loss != first  # an exponential average over trajectories, updated in place
 
 

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
-from l2lcli import train
-from l2lcli.config import L2LError
+from l2lcli import bptt
+from l2lcli.commands import train
+from l2lcli.errors import L2LError
 from l2lcli.runs import atomic, load_checkpoint, new_run_dir
 from tests.conftest import TINY
 
@@ -62,7 +63,7 @@ def test_resume_refuses_a_best_checkpoint(make_cfg):
 
 
 def test_nan_meta_steps_are_skipped_counted_and_never_saved(make_cfg, monkeypatch):
-    real = train.meta_loss_term
+    real = bptt.meta_loss_term
     calls = {"n": 0}
 
     def sometimes_nan(loss, t, T, kind, **kw):
@@ -70,7 +71,7 @@ def test_nan_meta_steps_are_skipped_counted_and_never_saved(make_cfg, monkeypatc
         out = real(loss, t, T, kind, **kw)
         return out * float("nan") if calls["n"] % 7 == 0 else out
 
-    monkeypatch.setattr(train, "meta_loss_term", sometimes_nan)
+    monkeypatch.setattr(bptt, "meta_loss_term", sometimes_nan)
     r = train.run(make_cfg())
     assert r["bad_steps"] > 0
     log = pd.read_csv(Path(r["run_dir"]) / "train_log.csv")
@@ -80,7 +81,7 @@ def test_nan_meta_steps_are_skipped_counted_and_never_saved(make_cfg, monkeypatc
 
 
 def test_a_run_that_only_diverges_stops_with_a_clear_message(make_cfg, monkeypatch):
-    monkeypatch.setattr(train, "meta_loss_term", lambda loss, t, T, kind, **kw: loss.mean() * float("nan"))
+    monkeypatch.setattr(bptt, "meta_loss_term", lambda loss, t, T, kind, **kw: loss.mean() * float("nan"))
     with pytest.raises(L2LError, match="diverged: 3 non-finite meta steps in a row"):
         train.run(make_cfg("train.max_bad_steps=3"))
 

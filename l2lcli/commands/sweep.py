@@ -1,4 +1,4 @@
-"""Learning-rate sweeps of the hand-designed baselines on the test problems: `run(cfg) -> results`."""
+"""sweep-baselines: every baseline over a log grid of learning rates, all at once, on the evaluation problems."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import baseline_config, build, check, resolve_device
-from .plots import plot_sweep
-from .rollout import rollout
-from .runs import new_run_dir, write_csv, write_json, write_text
+from ..config import baseline_config, build
+from ..plots import plot_sweep
+from ..rollout import rollout
+from ..runs import write_csv, write_json, write_text
+from .common import prepare
 
 
 def lr_grid(cfg: DictConfig) -> list[float]:
@@ -53,23 +54,19 @@ def best_rows(sweep: pd.DataFrame) -> pd.DataFrame:
 
 def run(cfg: DictConfig) -> dict:
     """Sweep every baseline in cfg.sweep.optimizers over the learning-rate grid on cfg.eval.split's problems."""
-    check(cfg, "sweep-baselines")
-    device = resolve_device(cfg)
-    task = build(cfg.task)
-    steps = cfg.eval.steps or cfg.task.steps
-    problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
-    run_dir = new_run_dir(cfg, "sweep-baselines", label="baselines")
-    lrs = lr_grid(cfg)
+    setup = prepare(cfg, "sweep-baselines")
+    problems = setup.problems()
+    run_dir = setup.open_run("sweep-baselines", label="baselines")
     write_text(run_dir / "baselines.yaml",
                OmegaConf.to_yaml({n: baseline_config(n) for n in cfg.sweep.optimizers}))
-    sweep = sweep_all(cfg.sweep.optimizers, lrs, problems, steps)
+    sweep = sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, setup.steps)
     best = best_rows(sweep)
     write_csv(run_dir / "sweep.csv", sweep)
     write_csv(run_dir / "best.csv", best)
-    plot_sweep(sweep, run_dir / "sweep.png", f"{cfg.task.name}: final loss after {steps} steps")
+    plot_sweep(sweep, run_dir / "sweep.png", f"{cfg.task.name}: final loss after {setup.steps} steps")
     results = {"command": "sweep-baselines", "run_dir": str(run_dir), "task": cfg.task.name,
-               "data": task.describe(), "steps": steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
-               "best": best[["optimizer", "lr", "final_loss"]].to_dict("records"),
+               "data": setup.task.describe(), "steps": setup.steps, "split": cfg.eval.split,
+               "problems": cfg.eval.problems, "best": best[["optimizer", "lr", "final_loss"]].to_dict("records"),
                "never_converged": sorted(set(cfg.sweep.optimizers) - set(best["optimizer"]))}
     write_json(run_dir / "summary.json", results)
     results["table"] = best

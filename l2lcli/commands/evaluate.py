@@ -1,4 +1,4 @@
-"""Evaluation on fresh test (or validation) problems, against the swept baselines: `run(cfg) -> results`."""
+"""evaluate: an optimizer on fresh test (or validation) problems, against the swept baselines. `run(cfg)`."""
 
 from __future__ import annotations
 
@@ -9,42 +9,44 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .config import L2LError, baseline_config, build, check, resolve_device
-from .learned import load_rule
-from .plots import plot_curves
-from .rollout import rollout
-from .runs import load_checkpoint, new_run_dir, write_csv, write_json
+from ..config import baseline_config, build
+from ..errors import L2LError
+from ..plots import plot_curves
+from ..rollout import rollout
+from ..runs import write_csv, write_json
+from ..tasks.base import LEARNER_KEYS
+from .common import Setup, load_optimizer, prepare
 
 
-def load_optimizer(cfg: DictConfig, device):
-    """The optimizer to evaluate: learned weights from cfg.eval.checkpoint, or a baseline as configured."""
-    optimizer = build(cfg.optimizer)
-    if not getattr(optimizer, "learned", False):
-        return optimizer
-    if not cfg.eval.checkpoint:
-        raise L2LError(f"optimizer={cfg.optimizer.name} is learned: pass --checkpoint PATH (a meta-train run)")
-    task = load_checkpoint(cfg.eval.checkpoint)["task"]
-    if task != cfg.task.name:
-        raise L2LError(f"checkpoint '{cfg.eval.checkpoint}' was trained on task={task}, not task={cfg.task.name}: "
-                       f"evaluate it with task={task}")
-    return load_rule(cfg.eval.checkpoint, cfg.optimizer).to(device)
+def problem_key(cfg: DictConfig) -> dict:
+    """What decides the evaluation problems: the task's keys (not those only learned optimizers read, nor the data
+    folder), the split, the seed, how many and how many steps."""
+    task = {f"task.{k}": v for k, v in OmegaConf.to_container(cfg.task).items()
+            if k not in (*LEARNER_KEYS, "root", "_target_")}
+    steps = OmegaConf.select(cfg, "eval.steps") or cfg.task.steps
+    return {**task, "eval.split": OmegaConf.select(cfg, "eval.split", default="test"), "eval.seed": cfg.eval.seed,
+            "eval.problems": cfg.eval.problems, "eval.steps": steps}
 
 
 def load_baselines(cfg: DictConfig) -> pd.DataFrame:
-    """Best learning rates from a sweep-baselines run, checked to be for this task."""
+    """Best learning rates from a sweep-baselines run, refused unless it was swept on these very problems."""
     path = Path(cfg.eval.baselines)
     csv = path / "best.csv" if path.is_dir() else path
     if not csv.is_file():
         raise L2LError(f"baselines '{path}' not found: pass a sweep-baselines run folder or its best.csv")
     saved = csv.parent / "config.yaml"
     if saved.is_file():
-        swept = OmegaConf.load(saved)
-        if swept.task.name != cfg.task.name:
-            raise L2LError(f"baselines '{path}' were swept on task={swept.task.name}, not {cfg.task.name}")
-        split = OmegaConf.select(swept, "eval.split", default="test")
-        if split != cfg.eval.split:
-            raise L2LError(f"baselines '{path}' were swept on {split} problems, not eval.split={cfg.eval.split}: "
-                           f"sweep again with eval.split={cfg.eval.split}")
+        swept, here = problem_key(OmegaConf.load(saved)), problem_key(cfg)
+        if swept["task.name"] != here["task.name"]:
+            raise L2LError(f"baselines '{path}' were swept on task={swept['task.name']}, not {here['task.name']}")
+        if swept["eval.split"] != here["eval.split"]:
+            raise L2LError(f"baselines '{path}' were swept on {swept['eval.split']} problems, not "
+                           f"eval.split={here['eval.split']}: sweep again with eval.split={here['eval.split']}")
+        differ = [f"{k}={swept.get(k)} there, {here.get(k)} here" for k in sorted(set(swept) | set(here))
+                  if swept.get(k) != here.get(k)]
+        if differ:
+            raise L2LError(f"baselines '{path}' were swept on other problems ({'; '.join(differ)}): sweep again with "
+                           "this command's settings, or evaluate with the sweep's")
     try:
         best = pd.read_csv(csv)
         best = best[["optimizer", "lr"]]
@@ -84,23 +86,19 @@ def race(problems, name: str, optimizer, baselines: pd.DataFrame, steps: int):
 
 def run(cfg: DictConfig) -> dict:
     """Run the optimizer (and the best baselines) on cfg.eval.problems fresh problems of cfg.eval.split."""
-    check(cfg, "evaluate")
-    device = resolve_device(cfg)
-    task = build(cfg.task)
-    optimizer = load_optimizer(cfg, device)
+    setup: Setup = prepare(cfg, "evaluate")
+    optimizer = load_optimizer(setup)
     baselines = load_baselines(cfg) if cfg.eval.baselines else pd.DataFrame(columns=["optimizer", "lr"])
-    steps = cfg.eval.steps or cfg.task.steps
-    problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
-    run_dir = new_run_dir(cfg, "evaluate")
+    problems = setup.problems()
+    run_dir = setup.open_run("evaluate")
 
-    summary, curves = race(problems, cfg.optimizer.name, optimizer, baselines, steps)
+    summary, curves = race(problems, cfg.optimizer.name, optimizer, baselines, setup.steps)
     write_csv(run_dir / "curves.csv", curves)
     write_csv(run_dir / "summary.csv", summary)
     plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} {cfg.eval.split} problems")
-    results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name, "data": task.describe(),
-               "steps": steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
-               "checkpoint": cfg.eval.checkpoint,
-               "rows": summary.to_dict("records")}
+    results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name, "data": setup.task.describe(),
+               "steps": setup.steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
+               "checkpoint": cfg.eval.checkpoint, "rows": summary.to_dict("records")}
     write_json(run_dir / "summary.json", results)
     results["table"] = summary
     return results

@@ -1,9 +1,8 @@
 """Hand-designed optimizers as pure update rules on batched parameters (Torch7 `optim` defaults).
 
-Every optimizer here and in `learned` has the same interface:
-`init_state(params) -> state` and `step(params, grads, state) -> (params, state)`, where params and grads are dicts of
-named tensors [N, *shape]. `lr` may be a float or a tensor [N] (one learning rate per problem replica), which is how a
-sweep runs every learning rate at once.
+The interface of every update rule (see the package's docstring), on dicts of named tensors [N, *shape]. `lr` may be
+a float or a tensor [N] (one learning rate per problem replica), which is how a sweep runs every learning rate at
+once.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ class Baseline:
     def __init__(self, name: str, lr: float | torch.Tensor):
         self.name, self.lr = name, lr
 
-    def init_state(self, params):
+    def init_state(self, params, kinds=None):
         return {"t": 0}
 
 
@@ -40,7 +39,7 @@ class RMSprop(Baseline):
         super().__init__(name, lr)
         self.alpha, self.eps = alpha, eps
 
-    def init_state(self, params):
+    def init_state(self, params, kinds=None):
         return {"m": {k: torch.zeros_like(p) for k, p in params.items()}}
 
     def step(self, params, grads, state):
@@ -56,7 +55,7 @@ class Adam(Baseline):
         super().__init__(name, lr)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
 
-    def init_state(self, params):
+    def init_state(self, params, kinds=None):
         zeros = {k: torch.zeros_like(p) for k, p in params.items()}
         return {"t": 0, "m": zeros, "v": {k: z.clone() for k, z in zeros.items()}}
 
@@ -79,7 +78,7 @@ class NAG(Baseline):
         super().__init__(name, lr)
         self.momentum = momentum
 
-    def init_state(self, params):
+    def init_state(self, params, kinds=None):
         return {"v": {k: torch.zeros_like(p) for k, p in params.items()}}
 
     def step(self, params, grads, state):

@@ -1,4 +1,4 @@
-"""Generalization: a trained optimizer on task variants it never saw, against baselines tuned on each variant.
+"""generalize: a trained optimizer on task variants it never saw, against baselines tuned on each variant.
 
 Figure 5 of the paper (MNIST: 40 hidden units, 2 hidden layers, ReLU; and 200 steps) and Figure 6 (a grid of widths
 x depths), for any task whose config has the varied keys: `run(cfg) -> results`.
@@ -11,25 +11,33 @@ import itertools
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from .config import L2LError, build, check, resolve_device
-from .evaluate import load_optimizer, race
-from .plots import plot_generalization
-from .runs import new_run_dir, write_csv, write_json
+from ..config import build
+from ..errors import L2LError
+from ..plots import plot_generalization
+from ..runs import write_csv, write_json
+from ..schema import check_values
+from .common import fits, load_optimizer, prepare
+from .evaluate import race
 from .sweep import best_rows, lr_grid, sweep_all
 
 
 def variants(cfg: DictConfig) -> list[dict]:
+    """The task variants of generalize.figure, each checked like a command-line override before any work."""
     g = cfg.generalize
-    if g.figure == "figure5":
-        return [dict(v) for v in g.figure5]
-    if g.figure == "figure6":
-        return [{"layers": d, "hidden": w} for d, w in itertools.product(g.figure6.layers, g.figure6.hidden)]
-    raise L2LError(f"generalize.figure={g.figure} is unknown: choose figure5 or figure6")
+    found = ([dict(v) for v in g.figure5] if g.figure == "figure5" else
+             [{"layers": d, "hidden": w} for d, w in itertools.product(g.figure6.layers, g.figure6.hidden)])
+    for v in found:
+        unknown = set(v) - set(cfg.task)
+        if unknown:
+            raise L2LError(f"task={cfg.task.name} has no key {', '.join(sorted(unknown))} to vary")
+        check_values(OmegaConf.merge(cfg, {"task": v}))
+    return found
 
 
 def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[dict, pd.DataFrame]:
     """Tune every baseline's learning rate on this task's eval.split problems, then run the learned optimizer."""
     task = build(task_cfg)
+    fits(optimizer, task)
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
@@ -45,20 +53,16 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[d
 
 
 def run(cfg: DictConfig) -> dict:
-    check(cfg, "evaluate")
-    device = resolve_device(cfg)
-    optimizer = load_optimizer(cfg, device)
+    setup = prepare(cfg, "generalize")
+    optimizer = load_optimizer(setup)
     if not optimizer.learned:
         raise L2LError("generalize needs a learned optimizer: pass --checkpoint PATH")
-    run_dir = new_run_dir(cfg, "generalize")
+    todo = variants(cfg)
+    run_dir = setup.open_run("generalize")
     rows, curves = [], []
-    for v in variants(cfg):
-        unknown = set(v) - set(cfg.task)
-        if unknown:
-            raise L2LError(f"task={cfg.task.name} has no key {', '.join(sorted(unknown))} to vary")
-        task_cfg = OmegaConf.merge(cfg.task, v)
+    for v in todo:
         label = " ".join(f"{k}={val}" for k, val in v.items())
-        row, c = compare(cfg, task_cfg, optimizer, device)
+        row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizer, setup.device)
         rows.append({"variant": label, **v, **row})
         curves.append(c.assign(variant=label))
         write_csv(run_dir / "generalize.csv", pd.DataFrame(rows))  # grows as variants finish

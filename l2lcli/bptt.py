@@ -1,0 +1,105 @@
+"""Meta-gradients by truncated backpropagation through time: one trajectory, its meta-loss, a guarded meta step."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .rollout import loss_and_grads, rollout
+
+META_LOSSES = ("sum", "final", "log_sum", "relative")
+
+
+def tree_detach(x):
+    """Detach every tensor in a nested dict / list / tuple (truncated BPTT cuts the graph here)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, dict):
+        return {k: tree_detach(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(tree_detach(v) for v in x)
+    return x
+
+
+def meta_loss_term(loss: torch.Tensor, t: int, T: int, kind: str, scale: float = 1.0) -> torch.Tensor:
+    """This step's share of the meta-loss L(phi) = sum_t w_t f(theta_t), averaged over the problems.
+
+    `relative` weights step t by 1 / (running mean loss at step t), `scale`: every step's relative progress counts
+    alike, as in log_sum, but the loss stays linear, so one near-zero minibatch loss cannot dominate the way its
+    log does (and the meta-objective stays the mean loss that evaluation reports).
+    """
+    if kind == "sum":
+        return loss.mean()
+    if kind == "relative":
+        return loss.mean() / scale
+    if kind == "final":
+        return loss.mean() if t == T else loss.new_zeros(())
+    return loss.clamp_min(1e-30).log().mean()  # log_sum
+
+
+def validate(problems, optimizer, steps: int) -> float:
+    """Mean final loss of the frozen optimizer on the validation problems (inf if any diverged)."""
+    optimizer.eval()
+    curve, _ = rollout(problems, optimizer, steps)
+    optimizer.train()
+    final = curve[-1].mean().item()
+    return final if math.isfinite(final) else math.inf
+
+
+def trajectory(problems, optimizer, meta, steps: int, unroll: int, meta_loss: str = "sum",
+               second_derivatives: bool = False, grad_clip: float | None = None,
+               step_loss: list | None = None) -> tuple[float, bool]:
+    """One trajectory on a fresh problem batch: `steps` optimizee steps cut into unrolls, a meta step after each.
+
+    Returns the trajectory's mean loss, and False if a meta step was not finite (nothing was changed then, and the
+    rest of the trajectory, whose optimizee has blown up, is dropped). `step_loss` holds the running mean loss at
+    each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories).
+    """
+    step_loss = step_loss if step_loss is not None else []
+    params = problems.init_params()
+    state = optimizer.init_state(params, problems.kinds)
+    params, loss, grads = loss_and_grads(problems, params, 0)
+    total, mean_loss = 0.0, 0.0
+    for t in range(1, steps + 1):
+        params, state = optimizer.step(params, grads, state)
+        params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
+                                             create_graph=second_derivatives)
+        mean = loss.detach().mean().item()
+        if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
+            step_loss.append(mean if math.isfinite(mean) else 1.0)
+        total = total + meta_loss_term(loss, t, steps, meta_loss, scale=max(step_loss[t - 1], 1e-12))
+        if math.isfinite(mean):
+            step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
+        mean_loss += mean / steps
+        if t % unroll == 0 or t == steps:
+            if not meta_step(optimizer, meta, total, grad_clip):
+                return mean_loss, False
+            total = 0.0
+            params, state, grads = tree_detach(params), tree_detach(state), tree_detach(grads)
+    return mean_loss, True
+
+
+def meta_step(optimizer, meta, meta_loss, clip) -> bool:
+    """One ADAM step on phi; refused (and nothing changed) if the loss, gradient or new weights are not finite."""
+    meta.zero_grad(set_to_none=True)
+    if not torch.is_tensor(meta_loss) or not meta_loss.requires_grad:
+        return True  # an unroll with zero weight in the meta-loss (meta_loss=final before step T): nothing to learn
+    if not torch.isfinite(meta_loss):
+        return False
+    meta_loss.backward()
+    params = [p for p in optimizer.parameters() if p.grad is not None]
+    norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf)
+    if not torch.isfinite(norm):
+        meta.zero_grad(set_to_none=True)
+        return False
+    backup = {k: v.clone() for k, v in optimizer.state_dict().items()}
+    meta_state = {k: {n: (x.clone() if torch.is_tensor(x) else x) for n, x in v.items()}
+                  for k, v in meta.state.items()}
+    meta.step()
+    if all(torch.isfinite(p).all() for p in optimizer.parameters()):
+        return True
+    optimizer.load_state_dict(backup)  # roll back: a NaN weight must never reach a checkpoint
+    for k, v in meta_state.items():
+        meta.state[k] = v
+    return False

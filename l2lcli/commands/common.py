@@ -1,0 +1,77 @@
+"""What every command does before its own work: compose (with a checkpoint's config), check, place, build."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from ..config import build, check, compose, is_learned
+from ..device import resolve_device
+from ..errors import L2LError
+from ..runs import load_checkpoint, new_run_dir, rule_from
+from ..tasks.base import ProblemBatch, TaskFamily
+
+
+def compose_for(overrides: list[str], checkpoint: str | None = None, init_from: str | None = None,
+                **keys) -> DictConfig:
+    """The config of one command: a checkpoint to evaluate brings its task, optimizer and recipe; one to fine-tune
+    from brings its optimizer; `keys` are set last (e.g. eval.checkpoint)."""
+    overrides = list(overrides) + [f"{k}={v}" for k, v in keys.items() if v is not None]
+    source, groups = (checkpoint, ("task", "optimizer")) if checkpoint else (init_from, ("optimizer",))
+    saved = load_checkpoint(source)["config"] if source else None
+    return compose(overrides, inherit=saved, groups=groups)
+
+
+@dataclass
+class Setup:
+    cfg: DictConfig
+    device: torch.device
+    task: TaskFamily
+
+    @property
+    def steps(self) -> int:
+        """The evaluation horizon: eval.steps, else the task's."""
+        return self.cfg.eval.steps or self.cfg.task.steps
+
+    def problems(self) -> ProblemBatch:
+        """The evaluation problems: eval.problems of eval.split, drawn with eval.seed."""
+        c = self.cfg.eval
+        return self.task.sample(c.split, c.problems, c.seed, device=self.device)
+
+    def open_run(self, command: str, label: str | None = None) -> Path:
+        return new_run_dir(self.cfg, command, label)
+
+
+def prepare(cfg: DictConfig, command: str) -> Setup:
+    """Check the config, set up the device, build the task and read its data: everything that can refuse a run
+    happens here, before a run folder exists."""
+    check(cfg, command)
+    device = resolve_device(cfg)
+    task = build(cfg.task)
+    task.specs()  # loads the data: a missing dataset is an error now, not after a run folder was made
+    return Setup(cfg, device, task)
+
+
+def fits(optimizer, task: TaskFamily) -> None:
+    """Refuse an optimizer whose groups leave some parameter of the task without a network."""
+    if getattr(optimizer, "learned", False):
+        optimizer.assign([s.name for s in task.specs()], {s.name: s.kind for s in task.specs()})
+
+
+def load_optimizer(setup: Setup):
+    """The optimizer to evaluate: learned weights from eval.checkpoint, or a baseline as configured."""
+    cfg = setup.cfg
+    if not is_learned(cfg.optimizer):
+        return build(cfg.optimizer)
+    if not cfg.eval.checkpoint:
+        raise L2LError(f"optimizer={cfg.optimizer.name} is learned: pass --checkpoint PATH (a meta-train run)")
+    ckpt = load_checkpoint(cfg.eval.checkpoint)
+    if ckpt["task"] != cfg.task.name:
+        raise L2LError(f"checkpoint '{cfg.eval.checkpoint}' was trained on task={ckpt['task']}, not "
+                       f"task={cfg.task.name}: evaluate it with task={ckpt['task']}")
+    rule = rule_from(ckpt, cfg.optimizer).to(setup.device)
+    fits(rule, setup.task)
+    return rule

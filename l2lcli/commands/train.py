@@ -1,0 +1,178 @@
+"""meta-train: truncated BPTT on fresh problem batches, early stopping on validation problems. `run(cfg)`."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from ..bptt import trajectory, validate
+from ..config import build
+from ..errors import L2LError, WriteError
+from ..runs import load_checkpoint, rule_from, save_checkpoint, write_csv, write_json
+from .common import fits, prepare
+
+console = Console(stderr=True)
+
+
+@dataclass
+class TrainState:
+    """Everything a killed run needs to go on exactly where its last finished epoch left off (saved in last.pt)."""
+
+    epoch: int = 0
+    trajectories: int = 0
+    best_val: float = math.inf
+    best_epoch: int = -1
+    since_best: int = 0
+    bad: int = 0           # non-finite meta steps in a row
+    bad_total: int = 0
+    seconds: float = 0.0
+    log: list = field(default_factory=list)
+    step_loss: list = field(default_factory=list)  # running mean loss per step (meta_loss=relative)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Meta-train `cfg.optimizer` on `cfg.task`; writes best.pt, last.pt, train_log.csv, summary.json."""
+    resumed = load_checkpoint(_last(cfg.train.resume)) if cfg.train.resume else None
+    cfg = _saved_config(resumed) if resumed else cfg
+    setup = prepare(cfg, "meta-train")
+    tc, device = cfg.train, setup.device
+    torch.manual_seed(cfg.seed)
+    fresh = resumed is None and cfg.train.init_from
+    optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if fresh else build(cfg.optimizer)
+    fits(optimizer, setup.task)
+    optimizer.train().to(device)
+    meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
+    validation = setup.task.sample("validation", tc.validation_problems, cfg.seed, device=device)
+    if resumed:
+        s, run_dir = _restore(resumed, optimizer, meta)
+    else:
+        s, run_dir = TrainState(), setup.open_run("meta-train")
+    stop, started = _stop_reason(s, tc), time.perf_counter() - s.seconds
+    try:
+        with _progress(tc, s) as progress:
+            while stop is None:
+                for group in meta.param_groups:
+                    group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s.epoch
+                losses = []
+                for _ in range(tc.epoch_trajectories):
+                    problems = setup.task.sample("train", tc.batch_size, cfg.seed, index=s.trajectories, device=device)
+                    s.trajectories += 1
+                    loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
+                                          tc.second_derivatives, tc.grad_clip, s.step_loss)
+                    _count_bad(s, ok, tc.max_bad_steps, run_dir)
+                    losses += [loss] if ok else []
+                    progress(advance=int(ok), meta=loss)
+                _end_epoch(cfg, s, optimizer, meta, validate(validation, optimizer, cfg.task.steps), losses, run_dir,
+                           time.perf_counter() - started)
+                progress(epoch=s.epoch, val=s.log[-1]["val_loss"], best=s.best_val)
+                stop = _stop_reason(s, tc)
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted after epoch {s.epoch}; the last finished epoch is saved. Resume with:"
+                      f"\n  l2l meta-train train.resume={run_dir}")
+        stop, s.trajectories = "interrupted", s.log[-1]["trajectories"] if s.log else 0  # what was saved
+    except WriteError as e:
+        raise L2LError(f"{e}; resume with `l2l meta-train --resume {run_dir}`") from None
+    return _finish(cfg, setup.task, s, stop, run_dir)
+
+
+def _count_bad(s: TrainState, ok: bool, limit: int, run_dir: Path) -> None:
+    """Non-finite meta steps are skipped and counted; `limit` of them in a row end the run."""
+    if ok:
+        s.bad = 0
+        return
+    s.bad, s.bad_total = s.bad + 1, s.bad_total + 1
+    console.print(f"[yellow]non-finite meta step skipped ({s.bad} in a row)")
+    if s.bad >= limit:
+        raise L2LError(f"meta-training diverged: {limit} non-finite meta steps in a row; the best checkpoint so far "
+                       f"is in {run_dir}. Lower train.meta_lr or set train.grad_clip")
+
+
+def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, run_dir: Path, seconds: float) -> None:
+    """Early stopping's bookkeeping after an epoch: keep the best by validation loss, log, save the state."""
+    s.epoch += 1
+    if val < s.best_val * (1 - cfg.train.min_improvement):
+        s.best_val, s.best_epoch, s.since_best = val, s.epoch, 0
+        save_checkpoint(run_dir / "best.pt", cfg, optimizer, epoch=s.epoch, val_loss=val)
+    else:
+        s.since_best += 1
+    s.seconds = seconds
+    s.log.append({"epoch": s.epoch, "trajectories": s.trajectories,
+                  "meta_loss": sum(losses) / len(losses) if losses else math.nan, "val_loss": val,
+                  "best_val_loss": s.best_val, "meta_lr": meta.param_groups[0]["lr"], "bad_steps": s.bad_total,
+                  "seconds": s.seconds})
+    write_csv(run_dir / "train_log.csv", pd.DataFrame(s.log))
+    save_checkpoint(run_dir / "last.pt", cfg, optimizer, meta_optimizer=meta.state_dict(), train_state=asdict(s),
+                    rng=torch.get_rng_state())
+    if not console.is_terminal:  # logs and CI get one line per epoch instead of the live bar
+        console.print(f"epoch {s.epoch}: meta-loss {s.log[-1]['meta_loss']:.4g}, val {val:.4g}, best "
+                      f"{s.best_val:.4g}, {s.seconds:.0f} s", highlight=False)
+
+
+def _stop_reason(s: TrainState, tc) -> str | None:
+    if s.since_best >= tc.patience:
+        return "early_stopping"
+    if tc.time_limit and s.seconds >= tc.time_limit:
+        return "time_limit"
+    return "max_epochs" if s.epoch >= tc.max_epochs else None
+
+
+def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path) -> dict:
+    """The run's summary.json (and the results returned to the caller)."""
+    if s.best_epoch < 0:
+        raise L2LError(f"no epoch finished with a finite validation loss; see {run_dir}/train_log.csv")
+    results = {
+        "command": "meta-train", "run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"),
+        "task": cfg.task.name, "optimizer": cfg.optimizer.name, "recipe": cfg.recipe.name, "data": task.describe(),
+        "best_val_loss": s.best_val, "best_epoch": s.best_epoch, "epochs": s.epoch, "trajectories": s.trajectories,
+        "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds,
+        "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * cfg.task.steps / max(s.seconds, 1e-9),
+        "seconds_to_best": s.log[s.best_epoch - 1]["seconds"],
+    }
+    write_json(run_dir / "summary.json", results)
+    return results
+
+
+@contextmanager
+def _progress(tc, s: TrainState):
+    """A live progress bar on a terminal (none in logs); yields `update(**fields)`."""
+    columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("meta-loss {task.fields[meta]:.3g}  val {task.fields[val]:.3g}"),
+               TextColumn("best {task.fields[best]:.3g}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        bar = progress.add_task("meta-train", total=tc.max_epochs * tc.epoch_trajectories,
+                                completed=s.epoch * tc.epoch_trajectories, epoch=s.epoch, meta=math.nan,
+                                val=math.nan, best=s.best_val)
+        yield lambda **fields: progress.update(bar, **fields)
+
+
+def _last(path: str) -> Path:
+    path = Path(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def _saved_config(ckpt: dict) -> DictConfig:
+    """The config a resumed run continues with: its own (the command line cannot change a run half-way)."""
+    if "train_state" not in ckpt:
+        raise L2LError(f"'{ckpt['path']}' holds no training state (best.pt cannot resume): pass the run folder "
+                       "or its last.pt")
+    OmegaConf.set_struct(ckpt["config"], True)
+    return ckpt["config"]
+
+
+def _restore(ckpt: dict, optimizer, meta) -> tuple[TrainState, Path]:
+    run_dir = Path(ckpt["path"]).parent
+    optimizer.load_state_dict(ckpt["weights"])
+    meta.load_state_dict(ckpt["meta_optimizer"])
+    torch.set_rng_state(ckpt["rng"])
+    s = TrainState(**ckpt["train_state"])
+    console.print(f"resuming {run_dir} after epoch {s.epoch}")
+    return s, run_dir

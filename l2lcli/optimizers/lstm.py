@@ -1,0 +1,65 @@
+"""The coordinatewise LSTM (paper section 2.1): one small network applied to every coordinate, weights shared."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .cells import lstm_cell
+from .preprocess import features, preprocess
+
+
+class CoordinatewiseLSTM(nn.Module):
+    """A stack of LSTM cells applied to every coordinate; `gac` cells per layer are global averaging cells."""
+
+    def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0, output="linear"):
+        super().__init__()
+        self.hidden, self.gac, self.kind, self.p, self.scale = hidden, gac, preprocess, p, output_scale
+        self.output = output
+        self.cells = nn.ModuleList(nn.LSTMCell(features(preprocess) if i == 0 else hidden, hidden)
+                                   for i in range(layers))
+        self.out = nn.Linear(hidden, 1 if output == "linear" else 2)
+        with torch.no_grad():
+            for cell in self.cells:  # forget-gate bias 1: remember by default
+                cell.bias_ih[hidden : 2 * hidden].fill_(1.0)
+            self.out.weight.mul_(0.1)
+            self.out.bias.zero_()
+
+    def init_state(self, N: int, n: int, device, dtype):
+        return [tuple(torch.zeros(self.hidden, N * n, device=device, dtype=dtype) for _ in "hc") for _ in self.cells]
+
+    def _average(self, h, N: int):
+        hv = h.view(self.hidden, N, -1)
+        avg = hv[: self.gac].mean(2, keepdim=True).expand(-1, -1, hv.shape[2])
+        return torch.cat([avg, hv[self.gac :]], 0).reshape(h.shape)
+
+    def stack(self, x, state, N: int):
+        """The LSTM layers on features x [F, N * n]: the top layer's output [H, N * n] and the new state."""
+        new_state = []
+        for cell, (h, c) in zip(self.cells, state, strict=True):
+            h, c = lstm_cell(cell, x, h, c)
+            if self.gac:
+                h = self._average(h, N)
+            new_state.append((h, c))
+            x = h
+        return x, new_state
+
+    @staticmethod
+    def linear(layer: nn.Linear, x):
+        """`layer` applied to every column of x [H, N * n]: [out, N * n]."""
+        return torch.addmm(layer.bias.unsqueeze(1), layer.weight, x)
+
+    def forward(self, g: torch.Tensor, state):
+        """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
+        N = g.shape[0]
+        x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p, dim=0), state, N)
+        return self.readout(x).view(N, -1), new_state
+
+    def readout(self, x):
+        """The update of every column of the top layer's output x [H, rows]: [1, rows]."""
+        out = self.linear(self.out, x)
+        if self.output == "exp_magnitude":
+            # direction * exp(log-magnitude): a magnitude linear in log|g| gives steps proportional to a power of
+            # |g| (gradient descent's), which a linear read-out of tanh-bounded states cannot form from log|g|
+            out = out[:1] * out[1:].clamp(-30.0, 10.0).exp()
+        return out * self.scale

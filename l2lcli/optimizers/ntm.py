@@ -1,0 +1,71 @@
+"""The NTM-BFGS controller (Appendix D): an LSTM+GAC with read and write heads over a memory shared by coordinates."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import L2LError
+from .lstm import CoordinatewiseLSTM
+from .preprocess import preprocess
+
+
+class NTMController(CoordinatewiseLSTM):
+    """NTM-BFGS / NTM-L-BFGS (Appendix D): an LSTM+GAC controller with read and write heads over a memory M.
+
+    Per problem with n coordinates (all quantities coordinatewise, the controller's weights shared):
+
+        x_t   = [pre(g_t), pre(m_{t-1}^1), ..., pre(m_{t-1}^R)]       features of gradient and last read results
+        h_t   = LSTM+GAC(x_t, h_{t-1})                                  (`gac` averaged cells per layer)
+        u_t   = output_scale * w_u . h_t                                the update of each coordinate (`readout`)
+        a_t^j = w_a^j . h_t,  b_t^j = w_b^j . h_t,  j = 1..W            write vectors (one entry per coordinate)
+        r_t^k = w_r^k . h_t,  k = 1..R                                  read vectors
+        M_t   = M_{t-1} + sum_j a_t^j (b_t^j)^T                         low-rank writes, M_0 = 0 (n x n)
+        m_t^k = M_t r_t^k                                               read results, fed back at t + 1
+
+    Choices the paper leaves open: writes come before the read of the same step; the read results go through the
+    same preprocessing as the gradient (`pre`, scale-free with log_sign); heads are linear. With `history=k`
+    (NTM-L-BFGS) M is never formed: the last k write pairs are kept and M r = sum_i a_i (b_i . r), O(n k); with k at
+    least the number of writes it equals the dense memory exactly.
+    """
+
+    def __init__(self, read_heads=1, write_heads=3, history=None, max_memory_floats=1e8, **kw):
+        self.reads, self.writes, self.history, self.max_memory = read_heads, write_heads, history, max_memory_floats
+        super().__init__(**kw)
+        features = self.cells[0].input_size * (1 + read_heads)
+        self.cells[0] = nn.LSTMCell(features, self.hidden)
+        with torch.no_grad():
+            self.cells[0].bias_ih[self.hidden : 2 * self.hidden].fill_(1.0)
+        self.heads = nn.Linear(self.hidden, read_heads + 2 * write_heads)
+        with torch.no_grad():
+            self.heads.weight.mul_(0.1)
+            self.heads.bias.zero_()
+
+    def init_state(self, N, n, device, dtype):
+        if self.history is None and N * n * n > self.max_memory:
+            raise L2LError(f"a dense NTM-BFGS memory for {N} problem(s) x {n} coordinates needs {N * n * n:.3g} "
+                           f"floats, over optimizer.max_memory_floats={self.max_memory:.3g}: use optimizer=ntm_lbfgs")
+        z = torch.zeros(N, n, device=device, dtype=dtype)
+        if self.history is None:
+            memory = torch.zeros(N, n, n, device=device, dtype=dtype)
+        else:
+            memory = (z.new_zeros(N, n, 0), z.new_zeros(N, n, 0))
+        return {"lstm": super().init_state(N, n, device, dtype), "read": z.new_zeros(N, n, self.reads),
+                "memory": memory}
+
+    def forward(self, g, state):
+        N, n = g.shape
+        inputs = torch.cat([g.unsqueeze(0), state["read"].permute(2, 0, 1)], 0).reshape(1 + self.reads, -1)
+        x, lstm = self.stack(preprocess(inputs, self.kind, self.p, dim=1).reshape(-1, N * n), state["lstm"], N)
+        update = self.readout(x).view(N, n)
+        heads = self.linear(self.heads, x).view(-1, N, n).permute(1, 2, 0)
+        r, a, b = heads.split([self.reads, self.writes, self.writes], -1)
+        if self.history is None:
+            memory = state["memory"] + a @ b.transpose(1, 2)        # [N, n, n]
+            read = memory @ r                                       # [N, n, R]
+        else:
+            A = torch.cat([state["memory"][0], a], -1)[..., -self.history :]
+            Bv = torch.cat([state["memory"][1], b], -1)[..., -self.history :]
+            memory = (A, Bv)
+            read = A @ (Bv.transpose(1, 2) @ r)                     # sum_i a_i (b_i . r), never n x n
+        return update, {"lstm": lstm, "read": read, "memory": memory}

@@ -1,0 +1,1 @@
+"""Task families, one module each; `base` holds the contract every family and problem batch follows."""

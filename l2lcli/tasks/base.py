@@ -1,0 +1,120 @@
+"""The problem contract: a `TaskFamily` samples a `ProblemBatch` of B problems by split and seed.
+
+A batch's parameters are named tensors [N, *shape] with a leading problem dimension N = R * B: R replicas of the
+batch (one per learning rate in a sweep), replica r of problem b at row r * B + b (`replicate`, `by_replica`).
+`loss(params, t)` returns the N losses at step t, one vectorized computation for all of them. Each parameter has a
+`ParamSpec` (name, shape, kind); a learned optimizer's groups may select parameters by name prefix or by kind.
+Tensors that belong to the model but are not optimized (batch-norm running statistics) live in the batch's
+`buffers`, [N, *shape] like the parameters; optimizers never see them. Sampling draws on the CPU from numpy
+streams keyed by (split, seed, index), so problems do not depend on the device; `sample` then moves the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SPLITS = ("train", "validation", "test")
+# Keys of a task's config that learned optimizers read (the paper's choices per task), not part of its problems.
+LEARNER_KEYS = ("preprocess", "output_scale", "groups")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter tensor of every problem of a batch: its name, shape (without the problem dimension) and kind
+    (`vector`, `fc`, `conv`, `image`, ...), which optimizer groups can select with `kind:K`."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+def problem_rng(split: str, seed: int, index: int = 0, step: int = -1) -> np.random.Generator:
+    """The random stream of one problem batch, keyed by (split, seed, index) through numpy's SeedSequence.
+
+    torch.manual_seed keeps only 32 bits of its seed, so packing the three into one integer would make splits
+    collide; a SeedSequence hashes the whole key, and splits never share a stream.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    if not (0 <= seed < 2**64 and 0 <= index < 2**64):
+        raise ValueError("seed and index must be in [0, 2^64)")
+    # fixed width: a variable-length key could collide with another key's zero padding
+    words = [SPLITS.index(split), seed & 0xFFFFFFFF, seed >> 32, index & 0xFFFFFFFF, index >> 32, step + 1]
+    return np.random.default_rng(np.random.SeedSequence(words))
+
+
+def randn(rng: np.random.Generator, *shape, std: float = 1.0) -> torch.Tensor:
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+
+def replicate(params: dict[str, torch.Tensor], replicas: int) -> dict[str, torch.Tensor]:
+    """R copies of a batch's tensors [B, ...] along the problem dimension: [R * B, ...], replica-major."""
+    return {k: v.repeat(replicas, *([1] * (v.dim() - 1))) for k, v in params.items()}
+
+
+def by_replica(x: torch.Tensor, batch: int) -> torch.Tensor:
+    """A tensor [R * B, ...] viewed as [R, B, ...]."""
+    return x.view(-1, batch, *x.shape[1:])
+
+
+class ProblemBatch:
+    """B problems of one family: their initial parameters, their loss, and the specs of their parameters."""
+
+    specs: tuple[ParamSpec, ...]
+    batch: int
+    buffers: dict[str, torch.Tensor]
+
+    def init_params(self) -> dict[str, torch.Tensor]:
+        """Initial parameters theta_0, each of shape [B, *shape]."""
+        raise NotImplementedError
+
+    def loss(self, params: dict[str, torch.Tensor], t: int) -> torch.Tensor:
+        """Losses [N] of parameters [N, *shape] at step t (t picks the minibatch where there is one)."""
+        raise NotImplementedError
+
+    @property
+    def kinds(self) -> dict[str, str]:
+        return {s.name: s.kind for s in self.specs}
+
+    def to(self, device) -> ProblemBatch:
+        """Every tensor (and dataset) this batch holds, on `device`: the one place where problems are placed."""
+        for key, value in vars(self).items():
+            if isinstance(value, dict):
+                value = {k: v.to(device) for k, v in value.items()}
+            elif hasattr(value, "to"):
+                value = value.to(device)
+            setattr(self, key, value)
+        return self
+
+
+class TaskFamily:
+    """A family of problems: `sample(split, n, seed, index, device)` gives a batch of n problems."""
+
+    def __init__(self, name: str, steps: int, preprocess: str = "none", output_scale: float = 1.0,
+                 groups: dict | None = None):
+        # preprocess, output_scale and groups are the paper's choices for learned optimizers on this task; the
+        # optimizer config reads them by interpolation, so they live here and are otherwise unused by the task.
+        self.name, self.steps = name, int(steps)
+        self.preprocess, self.output_scale, self.groups = preprocess, output_scale, groups
+
+    def specs(self) -> tuple[ParamSpec, ...]:
+        """The parameters of every problem of this family."""
+        raise NotImplementedError
+
+    def draw(self, split: str, n: int, rng: np.random.Generator, key: tuple) -> ProblemBatch:
+        """n problems drawn from `rng` on the CPU; `key` = (split, seed, index) names the batch's own streams."""
+        raise NotImplementedError
+
+    def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu") -> ProblemBatch:
+        return self.draw(split, n, problem_rng(split, seed, index), (split, seed, index)).to(device)
+
+    def describe(self) -> dict:
+        """Facts about the data a run used, recorded in its summary."""
+        return {}
