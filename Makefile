@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 L2L    := $(VENV)/bin/l2l
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all run bench lint wheel clean
+.PHONY: install test test-slow test-all smoke run bench lint wheel clean
 
 install: $(STAMP)
 
@@ -25,6 +25,22 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# Every command on every task (conf/task/*.yaml) through the installed `l2l`, in a fresh folder, at recipe=smoke's
+# tiny sizes: meta-train -> evaluate --checkpoint -> sweep-baselines -> evaluate --checkpoint --baselines.
+TASKS := $(basename $(notdir $(wildcard conf/task/*.yaml)))
+smoke: install
+	@set -e; l2l=$(abspath $(L2L)); dir=$$(mktemp -d); cd $$dir; \
+	for task in $(TASKS); do \
+	  echo "smoke: $$task"; \
+	  $$l2l meta-train task=$$task recipe=smoke out_dir=out; \
+	  run=$$(ls -d out/meta-train/$$task/*); \
+	  $$l2l evaluate --checkpoint $$run out_dir=out; \
+	  $$l2l sweep-baselines task=$$task recipe=smoke out_dir=out; \
+	  sweep=$$(ls -d out/sweep-baselines/$$task/*); \
+	  $$l2l evaluate --checkpoint $$run --baselines $$sweep out_dir=out; \
+	done; \
+	echo "smoke: meta-train, evaluate, sweep-baselines, evaluate --baselines passed on $(TASKS) (runs in $$dir)"
 
 run: install
 	$(L2L) experiment

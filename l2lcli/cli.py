@@ -58,8 +58,10 @@ def _print_meta_train(r: dict) -> None:
 
 
 def _data(r: dict) -> str:
+    """What data a run used, as its summary records it: the source, and the images per split where there are some."""
     d = r.get("data") or {}
-    return f"{d['source']} ({d['train_images']}/{d['validation_images']}/{d['test_images']} images)" if d else "none"
+    counts = [str(d[k]) for k in ("train_images", "validation_images", "test_images") if k in d]
+    return d.get("source", "none") + (f" ({'/'.join(counts)} train/validation/test images)" if counts else "")
 
 
 def _print_sweep(r: dict) -> None:

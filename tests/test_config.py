@@ -70,3 +70,25 @@ def test_conf_ships_inside_the_wheel(tmp_path):
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert res.stdout.strip() == "quadratic", res.stderr
+
+
+def test_each_task_defaults_to_its_best_recipe_and_the_paper_is_one_override_away():
+    best, paper = compose(["task=mnist"]), compose(["task=mnist", "recipe=paper"])
+    assert best.recipe.name == "best" and paper.recipe.name == "paper"
+    # MNIST's best measured recipe: one LSTM per layer (the task names the grouping), the relative meta-loss
+    assert best.optimizer.groups == {"hidden": ["layer"], "out": ["out"]} and best.train.meta_loss == "relative"
+    assert paper.optimizer.groups is None and paper.train.meta_loss == "sum"
+    assert (paper.optimizer.p, paper.optimizer.output_scale, paper.task.hidden) == (10.0, 0.1, 20)
+    # the command line wins over the recipe, and a task's grouping reaches every learned optimizer
+    assert compose(["task=mnist", "train.meta_loss=sum"]).train.meta_loss == "sum"
+    assert compose(["task=mnist", "optimizer=ntm_lbfgs"]).optimizer.groups == best.optimizer.groups
+    # quadratics: the best recipe measured is the paper's
+    q_best, q_paper = compose([]), compose(["recipe=paper"])
+    assert {k: v for k, v in q_best.items() if k != "recipe"} == {k: v for k, v in q_paper.items() if k != "recipe"}
+
+
+def test_the_smoke_recipe_is_tiny_on_every_task():
+    for task in group_choices("task"):
+        cfg = compose([f"task={task}", "recipe=smoke"])
+        assert cfg.task.steps <= 10 and cfg.train.max_epochs <= 2 and cfg.eval.problems <= 4
+        assert cfg.sweep.lr_num == 2 and cfg.device.compile is False and cfg.train.time_limit is None

@@ -9,12 +9,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @pytest.mark.parametrize("optimizer", ["lstm", "ntm_lbfgs"])
-def test_cuda_meta_train_sweep_evaluate(make_cfg, optimizer):
+def test_cuda_meta_train_sweep_evaluate_agree_with_the_cpu(make_cfg, optimizer):
+    """Meta-trained on the GPU, then evaluated with its baselines on the same problems on both devices."""
     r = train.run(make_cfg("device=cuda", f"optimizer={optimizer}"))
     s = sweep.run(make_cfg("device=cuda"))
-    e = evaluate.run(make_cfg("device=cuda", f"optimizer={optimizer}", f"eval.checkpoint={r['checkpoint']}",
-                              f"eval.baselines={s['run_dir']}"))
-    assert all(row["final_loss"] > 0 for row in e["rows"])
+    rows = {}
+    for device in ("cuda", "cpu"):
+        e = evaluate.run(make_cfg(f"device={device}", f"optimizer={optimizer}", f"eval.checkpoint={r['checkpoint']}",
+                                  f"eval.baselines={s['run_dir']}"))
+        rows[device] = {row["optimizer"]: row["final_loss"] for row in e["rows"]}
+    assert rows["cuda"].keys() == rows["cpu"].keys() and len(rows["cpu"]) == 5
+    for name, cpu in rows["cpu"].items():
+        assert abs(rows["cuda"][name] - cpu) <= 1e-2 * abs(cpu), (name, rows)
 
 
 def test_cuda_and_cpu_agree_on_the_same_problems(make_cfg):

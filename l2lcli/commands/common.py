@@ -51,7 +51,7 @@ def prepare(cfg: DictConfig, command: str) -> Setup:
     check(cfg, command)
     device = resolve_device(cfg)
     task = build(cfg.task)
-    task.specs()  # loads the data: a missing dataset is an error now, not after a run folder was made
+    task.describe()  # reads the data: a missing dataset is an error now, not after a run folder was made
     return Setup(cfg, device, task)
 
 

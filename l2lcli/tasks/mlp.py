@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.mnist import load_mnist
+from ..data.mnist import SHAPE, load_mnist
 from .base import ParamSpec, ProblemBatch, TaskFamily, by_replica, problem_rng, randn
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "relu": torch.relu, "tanh": torch.tanh}
@@ -79,7 +79,7 @@ class MLPFamily(TaskFamily):
         return dict(self._info)
 
     def specs(self):
-        pixels = self.splits()["train"].images[0].numel()
+        pixels = SHAPE[0] * SHAPE[1] * SHAPE[2]
         sizes = [pixels] + [self.hidden] * self.layers + [10]
         names = [f"layer{i}" for i in range(self.layers)] + ["out"]
         specs = []

@@ -36,6 +36,9 @@ class QuadraticFamily(TaskFamily):
     def specs(self):
         return (ParamSpec("theta", (self.dim,), "vector"),)
 
+    def describe(self):
+        return {"source": "generated", "origin": f"{self.distribution} W, y and theta_0 from each problem's seed"}
+
     def draw(self, split, n, rng, key):
         d = self.dim
         if self.distribution == "gaussian":

@@ -1,0 +1,162 @@
+"""One error path: every bad value is refused before work starts, and a failing disk is one line, not a traceback."""
+
+import errno
+import functools
+import itertools
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from l2lcli import runs
+from l2lcli.cli import app
+from l2lcli.config import check, compose, group_choices
+from l2lcli.errors import L2LError
+from l2lcli.schema import RULES, leaves
+from tests.conftest import TINY
+from tests.test_cli import one_line_error
+
+runner = CliRunner()
+
+
+def l2l(*args, out):
+    return runner.invoke(app, [args[0], f"out_dir={out}", *TINY, *args[1:]])
+
+
+@functools.cache
+def _configs():
+    return [compose([f"task={t}", f"optimizer={o}"]) for t, o in
+            itertools.product(group_choices("task"), group_choices("optimizer"))]
+
+
+BAD = ["-1", "0", "foo", "1.5", "''", "[]", "2"]
+
+
+def _bad_overrides():
+    """For every rule of the schema, a value it refuses, in a config where its key exists."""
+    cases = []
+    for path, rule in RULES.items():
+        cfg = next((c for c in _configs() if path in dict(leaves(c))), None)
+        if cfg is None:
+            continue
+        for raw in BAD:
+            value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}", f"{path}={raw}"])
+            if not rule.ok(dict(leaves(value))[path]):
+                cases.append((cfg.task.name, cfg.optimizer.name, path, raw))
+                break
+    return cases
+
+
+CASES = _bad_overrides()
+
+
+def test_the_bad_values_reach_almost_every_rule():
+    covered = {c[2] for c in CASES}
+    assert len(covered) >= len(RULES) - 3, sorted(set(RULES) - covered)
+
+
+@pytest.mark.parametrize("task, optimizer, path, raw", CASES, ids=[c[2] for c in CASES])
+def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optimizer, path, raw):
+    cfg = compose([f"task={task}", f"optimizer={optimizer}", f"{path}={raw}"])
+    with pytest.raises(L2LError) as e:
+        check(cfg, "evaluate")
+    assert str(e.value).startswith(f"{path}=") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["sweep-baselines", "task=mnist", "task.activation=foo"], "task.activation=foo is invalid"),
+    (["meta-train", "task=mnist", "task.minibatch=0"], "task.minibatch=0 is invalid"),
+    (["meta-train", "optimizer.hidden=0"], "optimizer.hidden=0 is invalid"),
+    (["meta-train", "optimizer.p=0"], "optimizer.p=0 is invalid"),  # used to divide by zero and diverge
+    (["meta-train", "train.meta_lr_decay=1.5"], "train.meta_lr_decay=1.5 is invalid"),
+    (["meta-train", "optimizer=lstm_gac", "optimizer.gac=30"], "more than optimizer.hidden=20"),
+    (["meta-train", "optimizer=ntm_lbfgs", "optimizer.history=0"], "optimizer.history=0 is invalid"),
+    (["meta-train", "device.threads=0"], "device.threads=0 is invalid"),
+    (["meta-train", "device.compile=maybe"], "device.compile=maybe is invalid: it must be true or false"),
+    (["sweep-baselines", "eval.seed=-1"], "eval.seed=-1 is invalid"),
+    (["sweep-baselines", "task.steps=abc"], "task.steps=abc is invalid"),
+    (["sweep-baselines", "+task.foo=1"], "task.foo is not a key"),
+    (["meta-train", "optimizer.groups={a:[]}"], "optimizer.groups={a:[]} is invalid"),
+    (["meta-train", "optimizer.groups={a:[nothing]}"], "parameter 'theta' (kind vector) matches no group"),
+])
+def test_bad_values_from_the_command_line(tmp_path, args, fragment):
+    one_line_error(l2l(*args, out=tmp_path), fragment)
+    assert not (tmp_path / args[0]).exists()  # refused before a run folder was made
+
+
+def test_a_bad_generalization_variant_is_refused_before_any_work(tmp_path):
+    assert l2l("meta-train", out=tmp_path).exit_code == 0
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    one_line_error(l2l("generalize", "--checkpoint", str(run), "generalize.figure5=[{dim: 0}]", out=tmp_path),
+                   "task.dim=0 is invalid")
+    assert not (tmp_path / "generalize").exists()
+
+
+def test_a_full_disk_during_meta_training_is_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    """The second epoch's last.pt cannot be written: exit 2 with one line naming the file; every file finished
+    before is whole; `--resume` finishes the run from the first epoch's checkpoint."""
+    real_open, calls = open, {"last": 0}
+
+    def filling_disk(file, mode="r", *a, **kw):
+        if "w" in str(mode) and ".last.pt." in str(file):
+            calls["last"] += 1
+            if calls["last"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(runs, "open", filling_disk, raising=False)
+    res = l2l("meta-train", out=tmp_path)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    last = res.output.strip().splitlines()[-1]  # after the epoch lines of the progress log
+    assert last.startswith("error: cannot write") and "No space left on device" in last
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    assert str(run / "last.pt") in last and f"--resume {run}" in last
+    assert runs.load_checkpoint(run / "last.pt")["train_state"]["epoch"] == 1  # the older file, whole
+    assert runs.load_checkpoint(run / "best.pt")["epoch"] >= 1
+    assert not list(run.glob(".*tmp"))  # no half-written temp files left behind
+    monkeypatch.undo()
+    res = runner.invoke(app, ["meta-train", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(run / "train_log.csv")) == 2 and (run / "summary.json").is_file()
+
+
+def test_a_full_disk_in_a_sweep_is_one_line(tmp_path, monkeypatch):
+    real_open = open
+
+    def full(file, mode="r", *a, **kw):
+        if "w" in str(mode) and "summary.json" in str(file):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *a, **kw)
+
+    monkeypatch.setattr(runs, "open", full, raising=False)
+    res = l2l("sweep-baselines", out=tmp_path)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.output.strip().splitlines()[-1].startswith("error: cannot write")
+    assert "summary.json' (No space left on device)" in res.output
+    sweep = next((tmp_path / "sweep-baselines" / "quadratic").iterdir())
+    assert len(pd.read_csv(sweep / "best.csv")) == 4  # finished before the failure, and whole
+
+
+def test_baselines_swept_on_other_problems_are_refused(tmp_path):
+    assert l2l("sweep-baselines", "eval.seed=3", out=tmp_path).exit_code == 0
+    sweep = next((tmp_path / "sweep-baselines" / "quadratic").iterdir())
+    ok = l2l("evaluate", "optimizer=adam", "eval.seed=3", "--baselines", str(sweep), out=tmp_path)
+    assert ok.exit_code == 0, ok.output
+    for change, fragment in [("eval.seed=4", "eval.seed=3 there, 4 here"),
+                             ("eval.problems=16", "eval.problems=32 there, 16 here"),
+                             ("eval.steps=30", "eval.steps=20 there, 30 here"),
+                             ("task.dim=5", "task.dim=10 there, 5 here"),
+                             ("task.distribution=uniform", "task.distribution=gaussian there, uniform here")]:
+        args = ["evaluate", "optimizer=adam", "eval.seed=3", change, "--baselines", str(sweep)]
+        one_line_error(l2l(*args, out=tmp_path), fragment)
+
+
+def test_a_checkpoint_is_read_once_per_command(tmp_path, monkeypatch):
+    assert l2l("meta-train", out=tmp_path).exit_code == 0
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    real_load, loads = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda f, *a, **kw: loads.append(f) or real_load(f, *a, **kw))
+    res = l2l("evaluate", "--checkpoint", str(run), out=tmp_path)
+    assert res.exit_code == 0, res.output
+    assert len(loads) == 1, loads
