@@ -18,6 +18,11 @@ from .schema import check_values
 CONFIG_MODULE = "l2lcli.conf"
 GROUPS = ("task", "optimizer", "device", "recipe")
 BASELINE_TARGETS = "l2lcli.optimizers.baselines."
+# Where classes named by the configs saved in older checkpoints live now (the flat layout before tasks/, optimizers/).
+MOVED = {"l2lcli.tasks.Quadratic": "l2lcli.tasks.quadratic.QuadraticFamily",
+         "l2lcli.tasks.MNIST": "l2lcli.tasks.mlp.MLPFamily",
+         **{f"l2lcli.learned.{c}": f"l2lcli.optimizers.learned.{c}" for c in ("LSTMOptimizer", "NTMOptimizer")},
+         **{f"l2lcli.baselines.{c}": f"{BASELINE_TARGETS}{c}" for c in ("SGD", "RMSprop", "Adam", "NAG")}}
 
 
 def group_choices(group: str) -> list[str]:
@@ -109,7 +114,8 @@ def check(cfg: DictConfig, command: str) -> None:
 
 def is_learned(node: DictConfig) -> bool:
     """Whether an optimizer config is a learned optimizer (weights to meta-train) rather than a baseline."""
-    return not str(node.get("_target_", "")).startswith(BASELINE_TARGETS)
+    target = str(node.get("_target_", ""))
+    return not MOVED.get(target, target).startswith(BASELINE_TARGETS)
 
 
 def _option(group: str, name: str) -> DictConfig:
@@ -118,6 +124,8 @@ def _option(group: str, name: str) -> DictConfig:
 
 def build(node: DictConfig, **kwargs):
     """The one way config becomes objects: `_target_` + hydra.utils.instantiate."""
+    if node.get("_target_") in MOVED:  # a config saved by an older l2l
+        node = OmegaConf.merge(node, {"_target_": MOVED[node._target_]})
     try:
         return instantiate(node, **kwargs, _convert_="all")
     except InstantiationException as e:

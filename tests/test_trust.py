@@ -124,3 +124,29 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     run_dir = next((tmp_path / "meta-train" / "quadratic").iterdir())
     assert load_checkpoint(run_dir / "last.pt")["train_state"]["epoch"] >= 1
     assert (run_dir / "summary.json").is_file()
+
+
+def test_checkpoints_of_the_flat_layout_still_evaluate_and_resume(make_cfg):
+    """A run saved before tasks/ and optimizers/ existed names its classes by their old paths and has no recipe."""
+    import yaml
+
+    r = train.run(make_cfg("train.max_epochs=1"))
+    run = Path(r["run_dir"])
+    old = {"l2lcli.tasks.quadratic.QuadraticFamily": "l2lcli.tasks.Quadratic",
+           "l2lcli.optimizers.learned.LSTMOptimizer": "l2lcli.learned.LSTMOptimizer"}
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, weights_only=True)
+        cfg = yaml.safe_load(ckpt["config"])
+        cfg.pop("recipe")
+        cfg["task"].pop("groups")
+        cfg["task"]["_target_"] = old[cfg["task"]["_target_"]]
+        cfg["optimizer"]["_target_"] = old[cfg["optimizer"]["_target_"]]
+        ckpt["config"] = yaml.safe_dump(cfg)
+        torch.save(ckpt, run / name)
+    from l2lcli.commands import common, evaluate
+
+    e = evaluate.run(common.compose_for([f"out_dir={make_cfg().out_dir}", *TINY], checkpoint=str(run),
+                                        **{"eval.checkpoint": str(run)}))
+    assert e["rows"][0]["optimizer"] == "lstm" and e["rows"][0]["final_loss"] > 0
+    resumed = train.run(make_cfg(f"train.resume={run}", "train.max_epochs=2"))
+    assert resumed["epochs"] == 1 and resumed["recipe"] == "none"  # the saved config wins: max_epochs stays 1

@@ -131,7 +131,8 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path) -> dict:
         raise L2LError(f"no epoch finished with a finite validation loss; see {run_dir}/train_log.csv")
     results = {
         "command": "meta-train", "run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"),
-        "task": cfg.task.name, "optimizer": cfg.optimizer.name, "recipe": cfg.recipe.name, "data": task.describe(),
+        "task": cfg.task.name, "optimizer": cfg.optimizer.name, "data": task.describe(),
+        "recipe": OmegaConf.select(cfg, "recipe.name", default="none"),  # none: a run saved before recipes
         "best_val_loss": s.best_val, "best_epoch": s.best_epoch, "epochs": s.epoch, "trajectories": s.trajectories,
         "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds,
         "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * cfg.task.steps / max(s.seconds, 1e-9),
