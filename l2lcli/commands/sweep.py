@@ -12,6 +12,7 @@ from ..config import baseline_config, build
 from ..plots import plot_sweep
 from ..rollout import rollout
 from ..runs import write_csv, write_json, write_text
+from ..tasks.base import by_replica, per_replica
 from .common import prepare
 
 
@@ -25,11 +26,9 @@ def lr_grid(cfg: DictConfig) -> list[float]:
 
 def sweep_baseline(name: str, lrs: list[float], problems, steps: int) -> pd.DataFrame:
     """Every learning rate of one baseline at once: replicas of the problem batch along the problem dimension."""
-    B = problems.batch
-    lr = torch.tensor(lrs).repeat_interleave(B)
-    optimizer = build(baseline_config(name), lr=lr)
+    optimizer = build(baseline_config(name), lr=per_replica(lrs, problems.batch))
     curve, seconds_per_step = rollout(problems, optimizer, steps, replicas=len(lrs))
-    final = curve[-1].view(len(lrs), B).double().cpu()
+    final = by_replica(curve[-1], problems.batch).double().cpu()
     bad = ~torch.isfinite(final)
     mean = final.mean(1)
     return pd.DataFrame({

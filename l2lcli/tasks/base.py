@@ -64,6 +64,11 @@ def by_replica(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x.view(-1, batch, *x.shape[1:])
 
 
+def per_replica(values, batch: int) -> torch.Tensor:
+    """One value per replica (e.g. a learning rate) spread over its B problems: [R * B]."""
+    return torch.as_tensor(values).repeat_interleave(batch)
+
+
 class ProblemBatch:
     """B problems of one family: their initial parameters, their loss, and the specs of their parameters."""
 
