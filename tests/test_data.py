@@ -105,7 +105,7 @@ def test_mlp_loss_is_cross_entropy_of_the_batched_network(idx_root, make_cfg):
     got = p.loss(params, t=5)
     idx = p.indices(5)
     for b in range(3):
-        x, y = p.images[idx[b]], p.labels[idx[b]]
+        x, y = p.images.flatten(1)[idx[b]], p.labels[idx[b]]
         h = torch.sigmoid(x @ params["layer0.w"][b] + params["layer0.b"][b])
         h = torch.sigmoid(h @ params["layer1.w"][b] + params["layer1.b"][b])
         ref = torch.nn.functional.cross_entropy(h @ params["out.w"][b] + params["out.b"][b], y)

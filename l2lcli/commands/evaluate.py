@@ -63,14 +63,17 @@ def curve_frame(name: str, lr, learned: bool, curve: torch.Tensor) -> pd.DataFra
                          "log10_mean_loss": mean.log10().numpy()})
 
 
-def race(problems, name: str, optimizer, baselines: pd.DataFrame, steps: int):
-    """The optimizer and each baseline at its learning rate on the same problems: a summary row each, and curves."""
-    runs = [(name, getattr(optimizer, "lr", math.nan), optimizer)]
+def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
+    """The optimizers ({name: optimizer}) and each baseline at its learning rate on the same problems: a summary row
+    each, and curves."""
+    runs = [(name, getattr(opt, "lr", math.nan), opt) for name, opt in optimizers.items()]
     runs += [(b.optimizer, b.lr, build(baseline_config(b.optimizer, b.lr))) for b in baselines.itertuples()]
-    curves, rows = [], []
+    curves, rows, finals = [], [], []
     for label, lr, opt in runs:
         curve, seconds = rollout(problems, opt, steps)
         curves.append(curve_frame(label, lr, opt.learned, curve))
+        finals.append(pd.DataFrame({"optimizer": label, "problem": range(curve.shape[1]),
+                                    "final_loss": curve[-1].double().cpu().numpy()}))
         final = curve[-1].double().mean().item()
         rows.append({"optimizer": label, "lr": lr, "learned": opt.learned, "final_loss": final,
                      "log10_final_loss": math.log10(final) if final > 0 else math.nan,
@@ -81,6 +84,7 @@ def race(problems, name: str, optimizer, baselines: pd.DataFrame, steps: int):
     summary["ratio_to_best_baseline"] = summary["final_loss"] / best_base
     adam = summary.loc[summary["optimizer"] == "adam", "ms_per_step"]
     summary["cost_vs_adam"] = summary["ms_per_step"] / adam.iloc[0] if len(adam) else math.nan
+    summary.attrs["finals"] = pd.concat(finals, ignore_index=True)  # per problem, for intervals over problems
     return summary, pd.concat(curves, ignore_index=True)
 
 
@@ -92,9 +96,10 @@ def run(cfg: DictConfig) -> dict:
     problems = setup.problems()
     run_dir = setup.open_run("evaluate")
 
-    summary, curves = race(problems, cfg.optimizer.name, optimizer, baselines, setup.steps)
+    summary, curves = race(problems, {cfg.optimizer.name: optimizer}, baselines, setup.steps)
     write_csv(run_dir / "curves.csv", curves)
     write_csv(run_dir / "summary.csv", summary)
+    write_csv(run_dir / "finals.csv", summary.attrs["finals"])
     plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} {cfg.eval.split} problems")
     results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name, "data": setup.task.describe(),
                "steps": setup.steps, "split": cfg.eval.split, "problems": cfg.eval.problems,

@@ -1,7 +1,8 @@
 """generalize: a trained optimizer on task variants it never saw, against baselines tuned on each variant.
 
-Figure 5 of the paper (MNIST: 40 hidden units, 2 hidden layers, ReLU; and 200 steps) and Figure 6 (a grid of widths
-x depths), for any task whose config has the varied keys: `run(cfg) -> results`.
+Figure 5 of the paper (MNIST: 40 hidden units, 2 hidden layers, ReLU; and 200 steps), Figure 6 (a grid of widths x
+depths) and Figure 7 (CIFAR-10, CIFAR-5, CIFAR-2, with LSTM-sub, an optimizer trained on the held-out labels only:
+`generalize.sub`), for any task whose config has the varied keys: `run(cfg) -> results`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import build
 from ..errors import L2LError
 from ..plots import plot_generalization
-from ..runs import write_csv, write_json
+from ..runs import load_checkpoint, rule_from, write_csv, write_json
 from ..schema import check_values
 from .common import fits, load_optimizer, prepare
 from .evaluate import race
@@ -24,8 +25,10 @@ from .sweep import best_rows, lr_grid, sweep_all
 def variants(cfg: DictConfig) -> list[dict]:
     """The task variants of generalize.figure, each checked like a command-line override before any work."""
     g = cfg.generalize
-    found = ([dict(v) for v in g.figure5] if g.figure == "figure5" else
-             [{"layers": d, "hidden": w} for d, w in itertools.product(g.figure6.layers, g.figure6.hidden)])
+    if g.figure == "figure6":
+        found = [{"layers": d, "hidden": w} for d, w in itertools.product(g.figure6.layers, g.figure6.hidden)]
+    else:
+        found = [dict(v) for v in g[g.figure]]
     for v in found:
         unknown = set(v) - set(cfg.task)
         if unknown:
@@ -34,21 +37,25 @@ def variants(cfg: DictConfig) -> list[dict]:
     return found
 
 
-def compare(cfg: DictConfig, task_cfg: DictConfig, optimizer, device) -> tuple[dict, pd.DataFrame]:
-    """Tune every baseline's learning rate on this task's eval.split problems, then run the learned optimizer."""
+def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> tuple[dict, pd.DataFrame]:
+    """Tune every baseline's learning rate on this task's eval.split problems, then run the learned optimizers
+    ({name: optimizer}; the first is the one the row's ratio is about, a second is LSTM-sub)."""
     task = build(task_cfg)
-    fits(optimizer, task)
+    for optimizer in optimizers.values():
+        fits(optimizer, task)
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
-    summary, curves = race(problems, cfg.optimizer.name, optimizer, best, steps)
-    learned = summary["final_loss"].iloc[0]
+    summary, curves = race(problems, optimizers, best, steps)
     baseline = summary[~summary["learned"]].set_index("optimizer")["final_loss"]
-    row = {"learned_final_loss": learned,
-           "best_baseline": baseline.idxmin() if len(baseline) else "none",
-           "best_baseline_final_loss": baseline.min() if len(baseline) else float("nan")}
-    row["ratio"] = row["learned_final_loss"] / row["best_baseline_final_loss"]
+    best_loss = baseline.min() if len(baseline) else float("nan")
+    row = {"learned_final_loss": summary["final_loss"].iloc[0],
+           "best_baseline": baseline.idxmin() if len(baseline) else "none", "best_baseline_final_loss": best_loss}
+    row["ratio"] = row["learned_final_loss"] / best_loss
     row["verdict"] = "learned better" if row["ratio"] < 1 else "baseline better"
+    if len(optimizers) > 1:
+        row["sub_final_loss"] = summary["final_loss"].iloc[1]
+        row["sub_ratio"] = row["sub_final_loss"] / best_loss
     return row, curves
 
 
@@ -57,12 +64,19 @@ def run(cfg: DictConfig) -> dict:
     optimizer = load_optimizer(setup)
     if not optimizer.learned:
         raise L2LError("generalize needs a learned optimizer: pass --checkpoint PATH")
+    optimizers = {cfg.optimizer.name: optimizer}
+    if cfg.generalize.sub:  # LSTM-sub: trained on other labels of the same task, with its own optimizer config
+        sub = load_checkpoint(cfg.generalize.sub)
+        if sub["task"] != cfg.task.name:
+            raise L2LError(f"generalize.sub '{cfg.generalize.sub}' was trained on task={sub['task']}, not "
+                           f"task={cfg.task.name}")
+        optimizers[f"{sub['optimizer_name']}-sub"] = rule_from(sub).to(setup.device)
     todo = variants(cfg)
     run_dir = setup.open_run("generalize")
     rows, curves = [], []
     for v in todo:
         label = " ".join(f"{k}={val}" for k, val in v.items())
-        row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizer, setup.device)
+        row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizers, setup.device)
         rows.append({"variant": label, **v, **row})
         curves.append(c.assign(variant=label))
         write_csv(run_dir / "generalize.csv", pd.DataFrame(rows))  # grows as variants finish

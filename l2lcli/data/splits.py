@@ -27,6 +27,16 @@ class Split:
         return self._copies[device]
 
 
+def restrict(split: Split, classes: tuple[int, ...]) -> Split:
+    """Only the images of these labels, relabelled 0..k-1 in the order given."""
+    if classes == tuple(range(len(classes))) and int(split.labels.max()) < len(classes):
+        return split
+    keep = torch.isin(split.labels, torch.tensor(classes))
+    relabel = torch.full((int(split.labels.max()) + 1,), -1, dtype=torch.int64)
+    relabel[torch.tensor(classes)] = torch.arange(len(classes))
+    return Split(split.images[keep], relabel[split.labels[keep]])
+
+
 def from_uint8(images: np.ndarray, labels: np.ndarray, shape: tuple[int, int, int], what: str) -> Split:
     """A Split from uint8 pixels [n, ...] (reshaped to [n, *shape]) and integer labels."""
     if len(images) != len(labels):
