@@ -26,3 +26,12 @@ def test_reference_breaks_when_the_optimizer_differs(make_cfg, monkeypatch):
 
     monkeypatch.setattr(bench.RowMajorLSTM, "step", scaled)
     assert bench.same_meta_gradient(cfg, task, 3, 10) > 1e-2
+
+
+def test_reference_meta_gradient_equals_l2ls_on_conv_nets_with_two_lstms(make_cfg, tmp_path):
+    from tests.test_cifar import _batches, write_binary
+
+    write_binary(tmp_path, _batches())
+    cfg = make_cfg("task=cifar", f"data.root={tmp_path}", "task.channels=2", "task.fc_units=4", "task.minibatch=4")
+    assert set(build(cfg.optimizer).nets) == {"conv", "fc"}
+    assert bench.same_meta_gradient(cfg, build(cfg.task), 2, 4) < 1e-4
