@@ -73,8 +73,9 @@ def _print_sweep(r: dict) -> None:
 
 
 def _print_evaluate(r: dict) -> None:
-    cols = ["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]
-    _table(r["table"][cols],
+    cols = ["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ratio_low", "ratio_high",
+            "ms_per_step"]
+    _table(r["table"][[c for c in cols if c in r["table"]]],
            f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
     out.print(f"evaluate (data {_data(r)}) -> {r['run_dir']}")
 

@@ -49,6 +49,11 @@ def test_experiment_end_to_end(tmp_path):
     assert {"final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"} <= set(summary.columns)
     best_base = summary.loc[~summary["learned"], "final_loss"].min()
     assert summary["ratio_to_best_baseline"].iloc[0] == pytest.approx(summary["final_loss"].iloc[0] / best_base)
+    learned = summary.iloc[0]  # with a bootstrap interval over the test problems, from the per-problem losses
+    assert learned["ratio_low"] <= learned["ratio_to_best_baseline"] <= learned["ratio_high"]
+    finals = pd.read_csv(ev / "finals.csv")
+    assert len(finals) == 5 * 32 and finals.groupby("optimizer", sort=False)["final_loss"].mean().iloc[0] == \
+        pytest.approx(learned["final_loss"])
     curves = pd.read_csv(ev / "curves.csv")
     assert len(curves) == 5 * 21 and curves["step"].max() == 20
     assert (ev / "curves.png").stat().st_size > 1000 and (ev / "config.yaml").is_file()

@@ -14,6 +14,7 @@ from ..errors import L2LError
 from ..plots import plot_curves
 from ..rollout import rollout
 from ..runs import write_csv, write_json
+from ..stats import bootstrap_ratio
 from ..tasks.base import LEARNER_KEYS
 from .common import Setup, load_optimizer, prepare
 
@@ -82,9 +83,15 @@ def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
     base = summary[~summary["learned"] & ~summary["diverged"]]
     best_base = base["final_loss"].min() if len(base) else math.nan
     summary["ratio_to_best_baseline"] = summary["final_loss"] / best_base
+    finals = pd.concat(finals, ignore_index=True)
+    if len(base):  # a 95% bootstrap interval of each ratio, over the problems
+        ref = finals[finals["optimizer"] == base.loc[base["final_loss"].idxmin(), "optimizer"]]["final_loss"]
+        cis = [bootstrap_ratio(finals[finals["optimizer"] == name]["final_loss"], ref)[1:]
+               for name in summary["optimizer"]]
+        summary["ratio_low"], summary["ratio_high"] = [c[0] for c in cis], [c[1] for c in cis]
     adam = summary.loc[summary["optimizer"] == "adam", "ms_per_step"]
     summary["cost_vs_adam"] = summary["ms_per_step"] / adam.iloc[0] if len(adam) else math.nan
-    summary.attrs["finals"] = pd.concat(finals, ignore_index=True)  # per problem, for intervals over problems
+    summary.attrs["finals"] = finals  # per problem
     return summary, pd.concat(curves, ignore_index=True)
 
 
