@@ -26,8 +26,15 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _fail(e: L2LError):
+    """The one error path: a message on one line on stderr, exit code 2."""
+    err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
 def _run(command: str, overrides: list[str] | None, checkpoint=None, init_from=None, **keys) -> dict:
-    """Compose the command's config and run it; an L2LError becomes one line on stderr and exit code 2."""
+    """Compose the command's config and run it."""
+    # imported here, not at the top: `l2l --help` then answers without loading torch and the commands
     from .commands import common, evaluate, experiment, generalize, sweep, train
 
     runners = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run,
@@ -36,8 +43,7 @@ def _run(command: str, overrides: list[str] | None, checkpoint=None, init_from=N
         cfg = common.compose_for(list(overrides or []), checkpoint=checkpoint, init_from=init_from, **keys)
         return runners[command](cfg)
     except L2LError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(e)
 
 
 def _table(df, title: str) -> None:
@@ -86,8 +92,7 @@ def meta_train(overrides: list[str] | None = OVERRIDES,
                resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt."),
                init_from: str | None = typer.Option(None, help="Start from a trained optimizer's weights (a run "
                                                     "folder or .pt): fine-tuning, longer unrolls, new tasks.")):
-    _print_meta_train(_run("meta-train", overrides, init_from=init_from,
-                           **{"train.resume": resume, "train.init_from": init_from}))
+    _print_meta_train(_run("meta-train", overrides, init_from=init_from, **{"train.resume": resume}))
 
 
 @app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.",
@@ -95,8 +100,7 @@ def meta_train(overrides: list[str] | None = OVERRIDES,
 def evaluate(overrides: list[str] | None = OVERRIDES,
              checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
              baselines: str | None = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
-    _print_evaluate(_run("evaluate", overrides, checkpoint=checkpoint,
-                         **{"eval.checkpoint": checkpoint, "eval.baselines": baselines}))
+    _print_evaluate(_run("evaluate", overrides, checkpoint=checkpoint, **{"eval.baselines": baselines}))
 
 
 @app.command("sweep-baselines", context_settings=EXTRA,
@@ -111,7 +115,7 @@ def sweep_baselines(overrides: list[str] | None = OVERRIDES):
              help=f"The main job: meta-train, sweep the baselines, evaluate both, print the comparison. {GROUPS_HELP}")
 def experiment(overrides: list[str] | None = OVERRIDES):
     r = _run("experiment", overrides)
-    _print_meta_train(r["meta-train"])
+    _print_meta_train(r["meta-train"])  # exits 130 if meta-training was interrupted
     _print_sweep(r["sweep-baselines"])
     _print_evaluate(r["evaluate"])
 
@@ -125,7 +129,7 @@ def generalize(overrides: list[str] | None = OVERRIDES,
                checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file."),
                sub: str | None = typer.Option(None, help="Figure 7's LSTM-sub: a meta-train run on the held-out "
                                               "labels (task.classes=heldout5), raced beside the checkpoint.")):
-    r = _run("generalize", overrides, checkpoint=checkpoint, **{"eval.checkpoint": checkpoint, "generalize.sub": sub})
+    r = _run("generalize", overrides, checkpoint=checkpoint, **{"generalize.sub": sub})
     cols = ["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "verdict"]
     cols += ["sub_final_loss", "sub_ratio"] if "sub_ratio" in r["table"] else []
     _table(r["table"][cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
@@ -148,8 +152,7 @@ def data_download(dataset: str = typer.Argument(..., help="mnist or cifar10"),
         root = compose(list(overrides or [])).data.root
         files = downloads[dataset](root)
     except L2LError as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+        _fail(e)
     out.print(f"{dataset}: {len(files)} file(s) verified in {root}")
 
 

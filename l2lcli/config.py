@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data.datasets import SHAPES
 from .errors import L2LError, one_line
 from .schema import check_values
 
@@ -32,11 +33,11 @@ def group_choices(group: str) -> list[str]:
 
 
 def compose(overrides: list[str] | None = None, inherit: DictConfig | None = None,
-            groups: tuple[str, ...] = ()) -> DictConfig:
+            groups: tuple[str, ...] = (), source: str = "the checkpoint") -> DictConfig:
     """The resolved config for these Hydra-style overrides; bad overrides raise L2LError.
 
-    With `inherit` (a saved run config), its `groups` (their choices and every key) are taken as they were saved;
-    the command line may still change their keys, not their choices.
+    With `inherit` (the config saved in `source`, a checkpoint), its `groups` (their choices and every key, nulls
+    included) are taken as they were saved; the command line may still change their keys, not their choices.
     """
     overrides = list(overrides or [])
     for o in overrides:
@@ -46,9 +47,9 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
         key = key.lstrip("+~")
         if key in GROUPS and value and value not in group_choices(key):
             raise L2LError(f"unknown {key} '{value}': choose one of {', '.join(group_choices(key))}")
-    if inherit is not None:
-        overrides = _inherited(inherit, overrides, groups) + overrides
     try:
+        if inherit is not None:
+            overrides = _inherited(inherit, overrides, groups, source) + overrides
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
         OmegaConf.resolve(cfg)
@@ -57,26 +58,27 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         msg = one_line(e)
         if "is not in struct" in str(e) or "Could not override" in msg:
-            msg += " (no such key; add it with '+key=value' only if you mean a new one, see `l2l COMMAND --help`)"
+            msg += " (no such key: `l2l COMMAND --help` lists the groups, conf/ every key)"
         raise L2LError(f"bad override: {msg}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
 
 
-def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...]) -> list[str]:
+def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...], source: str) -> list[str]:
     """Overrides that restore `groups` of a saved config; the data folder belongs to the machine, so it is not
     inherited."""
     for o in overrides:
         key, _, value = o.partition("=")
         if key in groups and value != saved[key].name:
-            raise L2LError(f"the checkpoint holds optimizer={saved.optimizer.name} trained on task={saved.task.name}"
-                           f"; it cannot be used with {key}={value}")
+            raise L2LError(f"{source} holds optimizer={saved.optimizer.name} trained on task={saved.task.name}; it "
+                           f"cannot be used with {key}={value}")
     given = {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)}
     # a checkpoint evaluated with its task comes with its recipe too (its evaluation sizes); fine-tuning does not
     restored = (*groups, "recipe") if "task" in groups else groups
     choices = [f"{g}={saved[g].name}" for g in restored if g in saved and g not in given]
+    # nulls too: a null saved where the current recipe has a value (groups) must stay null for the weights to fit
     keys = [f"{g}.{k}={_override_value(v)}" for g in groups for k, v in saved[g].items()
-            if f"{g}.{k}" not in given and not k.startswith("_") and k not in ("name", "root") and v is not None]
+            if f"{g}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")]
     return choices + keys
 
 
@@ -87,6 +89,8 @@ def _override_value(v) -> str:
         return "{" + ",".join(f"{k}:{_override_value(x)}" for k, x in v.items()) + "}"
     if OmegaConf.is_list(v):
         return "[" + ",".join(repr(x) if isinstance(x, str) else _override_value(x) for x in v) + "]"
+    if v is None:
+        return "null"
     return repr(v) if isinstance(v, str) and (":" in v or "," in v) else str(v)
 
 
@@ -96,6 +100,11 @@ def check(cfg: DictConfig, command: str) -> None:
     if is_learned(cfg.optimizer) and cfg.optimizer.get("gac", 0) > cfg.optimizer.hidden:
         raise L2LError(f"optimizer.gac={cfg.optimizer.gac} is more than optimizer.hidden={cfg.optimizer.hidden}: "
                        "averaging cells are a subset of each layer's cells")
+    if "conv_layers" in cfg.task:  # each conv layer halves the image: at least one pixel must be left
+        side = min(SHAPES[cfg.task.dataset][1:])
+        if side >> cfg.task.conv_layers < 1:
+            raise L2LError(f"task.conv_layers={cfg.task.conv_layers} is too deep for {side}x{side} images of "
+                           f"{cfg.task.dataset}: each layer halves them; use at most {side.bit_length() - 1}")
     if command in ("meta-train", "experiment"):
         if cfg.train.unroll > cfg.task.steps:
             raise L2LError(f"train.unroll={cfg.train.unroll} is longer than the horizon task.steps={cfg.task.steps}: "

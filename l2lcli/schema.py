@@ -32,8 +32,13 @@ def _num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def whole(lo: int) -> Rule:
-    return Rule(lambda v: _int(v) and v >= lo, f"a whole number >= {lo}")
+def whole(lo: int, hi: int | None = None) -> Rule:
+    if hi is None:
+        return Rule(lambda v: _int(v) and v >= lo, f"a whole number >= {lo}")
+    return Rule(lambda v: _int(v) and lo <= v <= hi, f"a whole number from {lo} to {hi}")
+
+
+SEED = whole(0, 2**63 - 1)  # torch and numpy both take these
 
 
 def number(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False, hi_open: bool = False) -> Rule:
@@ -72,7 +77,7 @@ VARIANTS = Rule(lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and a
 PREPROCESS = one_of("none", "log_sign")
 
 RULES: dict[str, Rule] = {
-    "seed": whole(0), "out_dir": TEXT, "data.root": TEXT, "recipe.name": TEXT, "recipe.about": TEXT,
+    "seed": SEED, "out_dir": TEXT, "data.root": TEXT, "recipe.name": TEXT, "recipe.about": TEXT,
     # tasks (a key a task family lacks is refused when the family is built)
     "task._target_": TEXT, "task.name": TEXT, "task.steps": whole(1), "task.preprocess": PREPROCESS,
     "task.output_scale": POSITIVE, "task.groups": GROUPS,
@@ -84,8 +89,8 @@ RULES: dict[str, Rule] = {
         isinstance(v, (list, ListConfig)) and len(v) >= 2 and len(set(v)) == len(v)
         and all(_int(c) and 0 <= c < CLASSES for c in v)), f"one of {', '.join(SUBSETS)} or a list of 2 or more "
         f"distinct labels 0-{CLASSES - 1}")),
-    "task.channels": whole(1), "task.conv_layers": whole(1), "task.kernel": Rule(lambda v: _int(v) and v % 2 == 1,
-                                                                                   "an odd whole number"),
+    "task.channels": whole(1), "task.conv_layers": whole(1),
+    "task.kernel": Rule(lambda v: _int(v) and v >= 1 and v % 2 == 1, "an odd whole number >= 1"),
     "task.fc_units": whole(1),
     # optimizers: baselines (Torch7 optim's hyper-parameters) and learned ones
     "optimizer._target_": TEXT, "optimizer.name": TEXT, "optimizer.lr": POSITIVE,
@@ -107,7 +112,7 @@ RULES: dict[str, Rule] = {
     "train.init_from": PATH,
     # evaluation, sweeps, generalization
     "eval.checkpoint": PATH, "eval.baselines": PATH, "eval.problems": whole(1), "eval.steps": maybe(whole(1)),
-    "eval.seed": whole(0),
+    "eval.seed": SEED,
     "eval.split": Rule(lambda v: v in ("test", "validation"),
                        "test or validation (training problems are for meta-training)"),
     "sweep.optimizers": list_of(TEXT), "sweep.lr_min": POSITIVE, "sweep.lr_max": POSITIVE,

@@ -16,6 +16,7 @@ from l2lcli.errors import L2LError
 from l2lcli.schema import RULES, leaves
 from tests.conftest import TINY
 from tests.test_cli import one_line_error
+from tests.test_data import idx_root  # noqa: F401  (fixture)
 
 runner = CliRunner()
 
@@ -79,6 +80,9 @@ def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optim
     (["sweep-baselines", "+task.foo=1"], "task.foo is not a key"),
     (["meta-train", "optimizer.groups={a:[]}"], "optimizer.groups={a:[]} is invalid"),
     (["meta-train", "optimizer.groups={a:[nothing]}"], "parameter 'theta' (kind vector) matches no group"),
+    (["sweep-baselines", "task=cifar", "task.kernel=-3"], "task.kernel=-3 is invalid"),
+    (["sweep-baselines", "task=cifar", "task.dataset=mnist", "task.conv_layers=5"], "too deep for 28x28 images"),
+    (["sweep-baselines", "seed=18446744073709551616"], "seed=18446744073709551616 is invalid"),
 ])
 def test_bad_values_from_the_command_line(tmp_path, args, fragment):
     one_line_error(l2l(*args, out=tmp_path), fragment)
@@ -160,3 +164,29 @@ def test_a_checkpoint_is_read_once_per_command(tmp_path, monkeypatch):
     res = l2l("evaluate", "--checkpoint", str(run), out=tmp_path)
     assert res.exit_code == 0, res.output
     assert len(loads) == 1, loads
+
+
+def test_a_checkpoints_nulls_are_inherited_across_tasks_and_bad_overrides_stay_one_line(tmp_path, idx_root):  # noqa: F811
+    """A quadratic run (one LSTM: groups null) fine-tunes on MNIST, whose default recipe names two groups: the
+    saved null must win, or the weights would not fit."""
+    assert l2l("meta-train", out=tmp_path).exit_code == 0
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    res = l2l("meta-train", "task=mnist", f"data.root={idx_root}", "task.minibatch=8", "task.hidden=3",
+              "train.batch_size=1", "train.validation_problems=2", "--init-from", str(run), out=tmp_path)
+    assert res.exit_code == 0, res.output
+    tuned = next((tmp_path / "meta-train" / "mnist").iterdir())
+    assert "groups: null" in (tuned / "config.yaml").read_text().split("optimizer:")[1]
+    one_line_error(l2l("evaluate", "--checkpoint", str(run), "train.unroll=[", out=tmp_path), "bad override")
+
+
+def test_sweeps_from_an_older_l2l_and_bare_best_csvs(tmp_path):
+    assert l2l("sweep-baselines", out=tmp_path).exit_code == 0
+    sweep = next((tmp_path / "sweep-baselines" / "quadratic").iterdir())
+    saved = (sweep / "config.yaml").read_text()
+    (sweep / "config.yaml").write_text(saved.replace("  groups: null\n", "", 1))  # a key added since that sweep
+    assert l2l("evaluate", "optimizer=adam", "--baselines", str(sweep), out=tmp_path).exit_code == 0
+    bare = tmp_path / "elsewhere"
+    bare.mkdir()
+    (bare / "best.csv").write_bytes((sweep / "best.csv").read_bytes())
+    one_line_error(l2l("evaluate", "optimizer=adam", "--baselines", str(bare / "best.csv"), out=tmp_path),
+                   "has no config.yaml beside it")

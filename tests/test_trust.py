@@ -120,8 +120,8 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    assert "train.resume=" in " ".join(err.split()) and "Traceback" not in err
     run_dir = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    assert f"--resume {run_dir}" in " ".join(err.split()) and "Traceback" not in err
     assert load_checkpoint(run_dir / "last.pt")["train_state"]["epoch"] >= 1
     assert (run_dir / "summary.json").is_file()
 

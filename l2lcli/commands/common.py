@@ -17,12 +17,13 @@ from ..tasks.base import ProblemBatch, TaskFamily
 
 def compose_for(overrides: list[str], checkpoint: str | None = None, init_from: str | None = None,
                 **keys) -> DictConfig:
-    """The config of one command: a checkpoint to evaluate brings its task, optimizer and recipe; one to fine-tune
-    from brings its optimizer; `keys` are set last (e.g. eval.checkpoint)."""
+    """The config of one command: a checkpoint to evaluate (eval.checkpoint) brings its task, optimizer and recipe;
+    one to fine-tune from (train.init_from) brings its optimizer; `keys` are set last (e.g. eval.baselines)."""
+    keys = {**keys, "eval.checkpoint": checkpoint, "train.init_from": init_from}
     overrides = list(overrides) + [f"{k}={v}" for k, v in keys.items() if v is not None]
     source, groups = (checkpoint, ("task", "optimizer")) if checkpoint else (init_from, ("optimizer",))
     saved = load_checkpoint(source)["config"] if source else None
-    return compose(overrides, inherit=saved, groups=groups)
+    return compose(overrides, inherit=saved, groups=groups, source=f"checkpoint '{source}'")
 
 
 @dataclass

@@ -36,6 +36,9 @@ def load_baselines(cfg: DictConfig) -> pd.DataFrame:
     if not csv.is_file():
         raise L2LError(f"baselines '{path}' not found: pass a sweep-baselines run folder or its best.csv")
     saved = csv.parent / "config.yaml"
+    if not saved.is_file():
+        raise L2LError(f"baselines '{csv}' has no config.yaml beside it, so what it was swept on is unknown: pass the "
+                       "sweep-baselines run folder")
     if saved.is_file():
         swept, here = problem_key(OmegaConf.load(saved)), problem_key(cfg)
         if swept["task.name"] != here["task.name"]:
@@ -43,8 +46,9 @@ def load_baselines(cfg: DictConfig) -> pd.DataFrame:
         if swept["eval.split"] != here["eval.split"]:
             raise L2LError(f"baselines '{path}' were swept on {swept['eval.split']} problems, not "
                            f"eval.split={here['eval.split']}: sweep again with eval.split={here['eval.split']}")
-        differ = [f"{k}={swept.get(k)} there, {here.get(k)} here" for k in sorted(set(swept) | set(here))
-                  if swept.get(k) != here.get(k)]
+        # a key one side lacks was added to l2l after that run, at a default that kept its problems the same
+        differ = [f"{k}={swept[k]} there, {here[k]} here" for k in sorted(set(swept) & set(here))
+                  if swept[k] != here[k]]
         if differ:
             raise L2LError(f"baselines '{path}' were swept on other problems ({'; '.join(differ)}): sweep again with "
                            "this command's settings, or evaluate with the sweep's")
@@ -70,10 +74,10 @@ def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
     runs = [(name, getattr(opt, "lr", math.nan), opt) for name, opt in optimizers.items()]
     runs += [(b.optimizer, b.lr, build(baseline_config(b.optimizer, b.lr))) for b in baselines.itertuples()]
     curves, rows, finals = [], [], []
-    for label, lr, opt in runs:
+    for row, (label, lr, opt) in enumerate(runs):
         curve, seconds = rollout(problems, opt, steps)
         curves.append(curve_frame(label, lr, opt.learned, curve))
-        finals.append(pd.DataFrame({"optimizer": label, "problem": range(curve.shape[1]),
+        finals.append(pd.DataFrame({"row": row, "optimizer": label, "problem": range(curve.shape[1]),
                                     "final_loss": curve[-1].double().cpu().numpy()}))
         final = curve[-1].double().mean().item()
         rows.append({"optimizer": label, "lr": lr, "learned": opt.learned, "final_loss": final,
@@ -85,9 +89,8 @@ def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
     summary["ratio_to_best_baseline"] = summary["final_loss"] / best_base
     finals = pd.concat(finals, ignore_index=True)
     if len(base):  # a 95% bootstrap interval of each ratio, over the problems
-        ref = finals[finals["optimizer"] == base.loc[base["final_loss"].idxmin(), "optimizer"]]["final_loss"]
-        cis = [bootstrap_ratio(finals[finals["optimizer"] == name]["final_loss"], ref)[1:]
-               for name in summary["optimizer"]]
+        ref = finals[finals["row"] == base["final_loss"].idxmin()]["final_loss"]
+        cis = [bootstrap_ratio(finals[finals["row"] == row]["final_loss"], ref)[1:] for row in summary.index]
         summary["ratio_low"], summary["ratio_high"] = [c[0] for c in cis], [c[1] for c in cis]
     adam = summary.loc[summary["optimizer"] == "adam", "ms_per_step"]
     summary["cost_vs_adam"] = summary["ms_per_step"] / adam.iloc[0] if len(adam) else math.nan

@@ -12,6 +12,8 @@ def run(cfg: DictConfig) -> dict:
     """meta-train -> sweep-baselines -> evaluate --checkpoint --baselines; the three results by command name."""
     check(cfg, "experiment")  # refuse bad values before the first of the three runs
     trained = train.run(cfg)
+    if trained["stop_reason"] == "interrupted":  # Ctrl-C stops the whole job, not only its first part
+        return {"meta-train": trained}
     swept = sweep.run(cfg)
     evaluation = OmegaConf.create(OmegaConf.to_container(cfg))
     with open_dict(evaluation):

