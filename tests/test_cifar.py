@@ -213,3 +213,14 @@ def test_figure7_with_lstm_sub_end_to_end(tmp_path, cifar_root):
     assert (table["sub_ratio"] - table["sub_final_loss"] / table["best_baseline_final_loss"]).abs().max() < 1e-9
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves["optimizer"]) == {"lstm", "lstm-sub", "sgd", "adam"} and (out / "figure7.png").is_file()
+
+
+@pytest.mark.parametrize("optimizer", ["lstm_gac", "ntm_lbfgs", "ntm_bfgs", "rmsprop"])
+def test_every_optimizer_runs_on_the_conv_nets(make_cfg, cifar_root, optimizer):
+    from l2lcli.rollout import rollout
+
+    cfg = make_cfg("task=cifar", f"optimizer={optimizer}", f"data.root={cifar_root}", "task.channels=2",
+                   "task.fc_units=4", "task.minibatch=4")
+    torch.manual_seed(0)
+    curve, _ = rollout(build(cfg.task).sample("test", 2, seed=0), build(cfg.optimizer), 3)
+    assert curve.shape == (4, 2) and torch.isfinite(curve).all()
