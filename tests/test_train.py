@@ -98,6 +98,18 @@ def test_final_meta_loss_has_no_gradient_before_the_last_step(make_cfg, monkeypa
     assert seen[3].requires_grad and seen[3].item() == pytest.approx(curve[20].item(), rel=1e-5)
 
 
+def test_log_sum_and_relative_meta_losses_have_their_values(make_cfg, monkeypatch):
+    seen, _ = _unroll_losses(make_cfg(), "log_sum", monkeypatch)
+    torch.manual_seed(0)
+    problems = build(make_cfg().task).sample("train", 4, 0)
+    per_problem = rollout(problems, build(make_cfg().optimizer), 20)[0]  # [21, 4]
+    for u, m in enumerate(seen):  # the mean over problems of log f, summed over the unroll's steps
+        assert m.item() == pytest.approx(per_problem[5 * u + 1 : 5 * u + 6].log().mean(1).sum().item(), rel=1e-5)
+    # the first trajectory starts each step's running mean at its own loss: every step weighs exactly 1
+    seen, _ = _unroll_losses(make_cfg(), "relative", monkeypatch)
+    assert [m.item() for m in seen] == pytest.approx([5.0] * 4) and all(m.requires_grad for m in seen)
+
+
 def test_every_meta_loss_trains(make_cfg):
     for kind in ("sum", "final", "log_sum", "relative"):
         r = train.run(make_cfg(f"train.meta_loss={kind}"))
