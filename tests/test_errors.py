@@ -80,6 +80,7 @@ def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optim
     (["meta-train", "optimizer.groups={a:[]}"], "optimizer.groups={a:[]} is invalid"),
     (["meta-train", "optimizer.groups={a:[nothing]}"], "parameter 'theta' (kind vector) matches no group"),
     (["sweep-baselines", "task=cifar", "task.kernel=-3"], "task.kernel=-3 is invalid"),
+    (["meta-train", "optimizer=ntm_bfgs", "optimizer.max_memory_floats=1000"], "use optimizer=ntm_lbfgs"),
     (["sweep-baselines", "task=cifar", "task.dataset=mnist", "task.conv_layers=5"], "too deep for 28x28 images"),
     (["sweep-baselines", "seed=18446744073709551616"], "seed=18446744073709551616 is invalid"),
 ])

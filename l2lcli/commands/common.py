@@ -56,10 +56,16 @@ def prepare(cfg: DictConfig, command: str) -> Setup:
     return Setup(cfg, device, task)
 
 
-def fits(optimizer, task: TaskFamily) -> None:
-    """Refuse an optimizer whose groups leave some parameter of the task without a network."""
-    if getattr(optimizer, "learned", False):
-        optimizer.assign([s.name for s in task.specs()], {s.name: s.kind for s in task.specs()})
+def fits(optimizer, task: TaskFamily, problems: int) -> None:
+    """Refuse, before any work, an optimizer whose groups leave some parameter of the task without a network, or
+    whose state for `problems` problems at once would be too large."""
+    if not getattr(optimizer, "learned", False):
+        return
+    specs = {s.name: s for s in task.specs()}
+    for group, names in optimizer.assign(list(specs), {k: s.kind for k, s in specs.items()}).items():
+        net = optimizer.nets[group]
+        if hasattr(net, "check_size"):
+            net.check_size(problems, sum(specs[k].numel for k in names))
 
 
 def load_optimizer(setup: Setup):
@@ -74,5 +80,5 @@ def load_optimizer(setup: Setup):
         raise L2LError(f"checkpoint '{cfg.eval.checkpoint}' was trained on task={ckpt['task']}, not "
                        f"task={cfg.task.name}: evaluate it with task={ckpt['task']}")
     rule = rule_from(ckpt, cfg.optimizer).to(setup.device)
-    fits(rule, setup.task)
+    fits(rule, setup.task, cfg.eval.problems)
     return rule

@@ -42,7 +42,7 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> 
     ({name: optimizer}; the first is the one the row's ratio is about, a second is LSTM-sub)."""
     task = build(task_cfg)
     for optimizer in optimizers.values():
-        fits(optimizer, task)
+        fits(optimizer, task, cfg.eval.problems)
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))

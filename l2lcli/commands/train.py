@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     from_trained = resumed is None and cfg.train.init_from  # a resumed run takes its weights from its own last.pt
     optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if from_trained else build(cfg.optimizer)
-    fits(optimizer, setup.task)
+    fits(optimizer, setup.task, max(tc.batch_size, tc.validation_problems))
     optimizer.train().to(device)
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
     validation = setup.task.sample("validation", tc.validation_problems, cfg.seed, device=device)

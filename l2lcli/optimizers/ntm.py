@@ -41,10 +41,14 @@ class NTMController(CoordinatewiseLSTM):
             self.heads.weight.mul_(0.1)
             self.heads.bias.zero_()
 
-    def init_state(self, N, n, device, dtype):
+    def check_size(self, N: int, n: int) -> None:
+        """Refuse a dense memory larger than max_memory_floats for N problems of n coordinates."""
         if self.history is None and N * n * n > self.max_memory:
             raise L2LError(f"a dense NTM-BFGS memory for {N} problem(s) x {n} coordinates needs {N * n * n:.3g} "
                            f"floats, over optimizer.max_memory_floats={self.max_memory:.3g}: use optimizer=ntm_lbfgs")
+
+    def init_state(self, N, n, device, dtype):
+        self.check_size(N, n)
         z = torch.zeros(N, n, device=device, dtype=dtype)
         if self.history is None:
             memory = torch.zeros(N, n, n, device=device, dtype=dtype)
