@@ -79,9 +79,14 @@ def _print_sweep(r: dict) -> None:
 
 
 def _print_evaluate(r: dict) -> None:
-    cols = ["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ratio_low", "ratio_high",
-            "ms_per_step"]
-    _table(r["table"][[c for c in cols if c in r["table"]]],
+    t = r["table"]
+    shown = t[["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]].copy()
+    if "ratio_low" in t:  # the ratio with its 95% bootstrap interval over the problems, in one column
+        shown.insert(5, "95% interval", [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(t["ratio_low"], t["ratio_high"],
+                                                                                 strict=True)])
+    shown = shown.rename(columns={"log10_final_loss": "log10", "ratio_to_best_baseline": "ratio",
+                                  "ms_per_step": "ms/step"})
+    _table(shown,
            f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
     out.print(f"evaluate (data {_data(r)}) -> {r['run_dir']}")
 
