@@ -19,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from .config import build
 from .errors import L2LError, WriteError, one_line
 
+_UMASK = os.umask(0o022)  # read the process's umask (os has no getter) and put it back
+os.umask(_UMASK)
 CHECKPOINT_FORMAT = "l2l-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -57,6 +59,7 @@ def atomic(path: Path, write) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are for sharing like any other
         os.replace(tmp, path)
     except OSError as e:
         raise WriteError(f"cannot write '{path}' ({e.strerror or one_line(e)}): free disk space or fix the "

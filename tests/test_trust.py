@@ -150,3 +150,12 @@ def test_checkpoints_of_the_flat_layout_still_evaluate_and_resume(make_cfg):
     assert e["rows"][0]["optimizer"] == "lstm" and e["rows"][0]["final_loss"] > 0
     resumed = train.run(make_cfg(f"train.resume={run}", "train.max_epochs=2"))
     assert resumed["epochs"] == 1 and resumed["recipe"] == "none"  # the saved config wins: max_epochs stays 1
+
+
+def test_written_files_follow_the_umask_not_mkstemps_owner_only_mode(tmp_path):
+    from l2lcli.runs import write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask != 0o600
