@@ -209,7 +209,7 @@ def test_figure7_with_lstm_sub_end_to_end(tmp_path, cifar_root):
     assert res.exit_code == 0, res.output
     out = next((tmp_path / "generalize" / "cifar").iterdir())
     table = pd.read_csv(out / "generalize.csv")
-    assert list(table["variant"]) == ["classes=None", "classes=cifar5", "classes=cifar2"]
+    assert list(table["variant"]) == ["classes=null", "classes=cifar5", "classes=cifar2"]
     assert (table["sub_ratio"] - table["sub_final_loss"] / table["best_baseline_final_loss"]).abs().max() < 1e-9
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves["optimizer"]) == {"lstm", "lstm-sub", "sgd", "adam"} and (out / "figure7.png").is_file()

@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = setup.open_run("generalize")
     rows, curves = [], []
     for v in todo:
-        label = " ".join(f"{k}={val}" for k, val in v.items())
+        label = " ".join(f"{k}={'null' if val is None else val}" for k, val in v.items())  # as an override
         row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizers, setup.device)
         rows.append({"variant": label, **v, **row})
         curves.append(c.assign(variant=label))
