@@ -14,15 +14,10 @@ from l2lcli.cli import app
 from l2lcli.config import check, compose, group_choices
 from l2lcli.errors import L2LError
 from l2lcli.schema import RULES, leaves
-from tests.conftest import TINY
-from tests.test_cli import one_line_error
+from tests.test_cli import l2l, one_line_error
 from tests.test_data import idx_root  # noqa: F401  (fixture)
 
 runner = CliRunner()
-
-
-def l2l(*args, out):
-    return runner.invoke(app, [args[0], f"out_dir={out}", *TINY, *args[1:]])
 
 
 @functools.cache

@@ -39,19 +39,18 @@ def load_baselines(cfg: DictConfig) -> pd.DataFrame:
     if not saved.is_file():
         raise L2LError(f"baselines '{csv}' has no config.yaml beside it, so what it was swept on is unknown: pass the "
                        "sweep-baselines run folder")
-    if saved.is_file():
-        swept, here = problem_key(OmegaConf.load(saved)), problem_key(cfg)
-        if swept["task.name"] != here["task.name"]:
-            raise L2LError(f"baselines '{path}' were swept on task={swept['task.name']}, not {here['task.name']}")
-        if swept["eval.split"] != here["eval.split"]:
-            raise L2LError(f"baselines '{path}' were swept on {swept['eval.split']} problems, not "
-                           f"eval.split={here['eval.split']}: sweep again with eval.split={here['eval.split']}")
-        # a key one side lacks was added to l2l after that run, at a default that kept its problems the same
-        differ = [f"{k}={swept[k]} there, {here[k]} here" for k in sorted(set(swept) & set(here))
-                  if swept[k] != here[k]]
-        if differ:
-            raise L2LError(f"baselines '{path}' were swept on other problems ({'; '.join(differ)}): sweep again with "
-                           "this command's settings, or evaluate with the sweep's")
+    swept, here = problem_key(OmegaConf.load(saved)), problem_key(cfg)
+    if swept["task.name"] != here["task.name"]:
+        raise L2LError(f"baselines '{path}' were swept on task={swept['task.name']}, not {here['task.name']}")
+    if swept["eval.split"] != here["eval.split"]:
+        raise L2LError(f"baselines '{path}' were swept on {swept['eval.split']} problems, not "
+                       f"eval.split={here['eval.split']}: sweep again with eval.split={here['eval.split']}")
+    # a key one side lacks was added to l2l after that run, at a default that kept its problems the same
+    differ = [f"{k}={swept[k]} there, {here[k]} here" for k in sorted(set(swept) & set(here))
+              if swept[k] != here[k]]
+    if differ:
+        raise L2LError(f"baselines '{path}' were swept on other problems ({'; '.join(differ)}): sweep again with "
+                       "this command's settings, or evaluate with the sweep's")
     try:
         best = pd.read_csv(csv)
         best = best[["optimizer", "lr"]]
