@@ -41,7 +41,7 @@ def meta_loss_term(loss: torch.Tensor, t: int, T: int, kind: str, scale: float =
 def validate(problems, optimizer, steps: int) -> float:
     """Mean final loss of the frozen optimizer on the validation problems (inf if any diverged)."""
     optimizer.eval()
-    curve, _ = rollout(problems, optimizer, steps)
+    curve = rollout(problems, optimizer, steps).curve
     optimizer.train()
     final = curve[-1].mean().item()
     return final if math.isfinite(final) else math.inf

@@ -70,3 +70,19 @@ def plot_generalization(figure: str, table: pd.DataFrame, curves: pd.DataFrame, 
         axes[0][0].legend()
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_images(grid: list[list], columns: list[str], path: Path) -> None:
+    """A grid of images ([3, H, W] tensors in [0, 1]): one row per problem, one titled column each."""
+    rows, cols = len(grid), len(columns)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows), squeeze=False)
+    for r, row in enumerate(grid):
+        for c, image in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(image.detach().float().cpu().clamp(0, 1).permute(1, 2, 0).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(columns[c], fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)

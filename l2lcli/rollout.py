@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -23,8 +24,14 @@ def loss_and_grads(problems: ProblemBatch, params: dict, t: int, retain_graph: b
     return leaves, loss, dict(zip(leaves, grads, strict=True))
 
 
-def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) -> tuple[torch.Tensor, float]:
-    """Losses [steps + 1, N] of theta_0 .. theta_steps (N = replicas * B), and the seconds per step."""
+class Rollout(NamedTuple):
+    curve: torch.Tensor   # losses [steps + 1, N] of theta_0 .. theta_steps (N = replicas * B)
+    seconds: float        # per step
+    params: dict          # theta_steps, detached
+
+
+def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) -> Rollout:
+    """Run `optimizer` for `steps` steps on `replicas` copies of every problem."""
     params = replicate(problems.init_params(), replicas)
     state = optimizer.init_state(params, problems.kinds)
     curve = []
@@ -40,4 +47,5 @@ def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) ->
             params, state = optimizer.step({k: v.detach() for k, v in params.items()}, grads, state)
     if sync:
         torch.cuda.synchronize()
-    return torch.stack(curve), (time.perf_counter() - start) / max(steps, 1)
+    seconds = (time.perf_counter() - start) / max(steps, 1)
+    return Rollout(torch.stack(curve), seconds, {k: v.detach() for k, v in params.items()})

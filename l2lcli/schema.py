@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .data.datasets import CLASSES, DATASETS, SUBSETS
 from .errors import L2LError
+from .tasks.features import RELUS
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,11 @@ RULES: dict[str, Rule] = {
     "task.channels": whole(1), "task.conv_layers": whole(1),
     "task.kernel": Rule(lambda v: _int(v) and v >= 1 and v % 2 == 1, "an odd whole number >= 1"),
     "task.fc_units": whole(1),
+    "task.size": whole(16), "task.style": TEXT, "task.style_scale": POSITIVE, "task.photos": TEXT,
+    "task.content_weight": number(0), "task.style_weight": number(0), "task.tv_weight": number(0),
+    "task.features.weights": TEXT, "task.features.seed": SEED, "task.features.pool": one_of("avg", "max"),
+    "task.features.normalize": FLAG, "task.features.content_layer": one_of(*RELUS),
+    "task.features.style_layers": list_of(one_of(*RELUS)),
     # optimizers: baselines (Torch7 optim's hyper-parameters) and learned ones
     "optimizer._target_": TEXT, "optimizer.name": TEXT, "optimizer.lr": POSITIVE,
     "optimizer.beta1": FRACTION, "optimizer.beta2": FRACTION, "optimizer.eps": POSITIVE,
@@ -117,8 +123,8 @@ RULES: dict[str, Rule] = {
                        "test or validation (training problems are for meta-training)"),
     "sweep.optimizers": list_of(TEXT), "sweep.lr_min": POSITIVE, "sweep.lr_max": POSITIVE,
     "sweep.lr_num": whole(1),
-    "generalize.figure": one_of("figure5", "figure6", "figure7"), "generalize.figure5": VARIANTS,
-    "generalize.figure7": VARIANTS, "generalize.sub": PATH,
+    "generalize.figure": one_of("figure5", "figure6", "figure7", "figure8"), "generalize.figure5": VARIANTS,
+    "generalize.figure7": VARIANTS, "generalize.figure8": VARIANTS, "generalize.sub": PATH,
     "generalize.figure6.layers": list_of(whole(0)), "generalize.figure6.hidden": list_of(whole(1)),
 }
 

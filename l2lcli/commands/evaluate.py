@@ -69,12 +69,12 @@ def curve_frame(name: str, lr, learned: bool, curve: torch.Tensor) -> pd.DataFra
 
 def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
     """The optimizers ({name: optimizer}) and each baseline at its learning rate on the same problems: a summary row
-    each, and curves."""
+    each, the curves, and each one's final parameters ({name: params})."""
     runs = [(name, getattr(opt, "lr", math.nan), opt) for name, opt in optimizers.items()]
     runs += [(b.optimizer, b.lr, build(baseline_config(b.optimizer, b.lr))) for b in baselines.itertuples()]
-    curves, rows, finals = [], [], []
+    curves, rows, finals, params = [], [], [], {}
     for row, (label, lr, opt) in enumerate(runs):
-        curve, seconds = rollout(problems, opt, steps)
+        curve, seconds, params[label] = rollout(problems, opt, steps)
         curves.append(curve_frame(label, lr, opt.learned, curve))
         finals.append(pd.DataFrame({"row": row, "optimizer": label, "problem": range(curve.shape[1]),
                                     "final_loss": curve[-1].double().cpu().numpy()}))
@@ -94,7 +94,7 @@ def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
     adam = summary.loc[summary["optimizer"] == "adam", "ms_per_step"]
     summary["cost_vs_adam"] = summary["ms_per_step"] / adam.iloc[0] if len(adam) else math.nan
     summary.attrs["finals"] = finals  # per problem
-    return summary, pd.concat(curves, ignore_index=True)
+    return summary, pd.concat(curves, ignore_index=True), params
 
 
 def run(cfg: DictConfig) -> dict:
@@ -105,11 +105,12 @@ def run(cfg: DictConfig) -> dict:
     problems = setup.problems()
     run_dir = setup.open_run("evaluate")
 
-    summary, curves = race(problems, {cfg.optimizer.name: optimizer}, baselines, setup.steps)
+    summary, curves, finals = race(problems, {cfg.optimizer.name: optimizer}, baselines, setup.steps)
     write_csv(run_dir / "curves.csv", curves)
     write_csv(run_dir / "summary.csv", summary)
     write_csv(run_dir / "finals.csv", summary.attrs["finals"])
     plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} {cfg.eval.split} problems")
+    problems.pictures(finals, run_dir / "images.png")  # where the task has pictures (art: Figure 8's grid)
     results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name, "data": setup.task.describe(),
                "steps": setup.steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
                "checkpoint": cfg.eval.checkpoint, "rows": summary.to_dict("records")}

@@ -46,7 +46,7 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> 
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
     best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
-    summary, curves = race(problems, optimizers, best, steps)
+    summary, curves, _ = race(problems, optimizers, best, steps)
     baseline = summary[~summary["learned"]].set_index("optimizer")["final_loss"]
     best_loss = baseline.min() if len(baseline) else float("nan")
     row = {"learned_final_loss": summary["final_loss"].iloc[0],

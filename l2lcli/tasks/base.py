@@ -89,6 +89,10 @@ class ProblemBatch:
         """Losses [N] of parameters [N, *shape] at step t (t picks the minibatch where there is one)."""
         raise NotImplementedError
 
+    def pictures(self, finals: dict[str, dict], path) -> bool:
+        """Write a picture of each optimizer's final parameters ({name: params}) where the task has one."""
+        return False
+
     @property
     def kinds(self) -> dict[str, str]:
         return {s.name: s.kind for s in self.specs}
