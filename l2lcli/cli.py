@@ -125,19 +125,24 @@ def experiment(overrides: list[str] | None = OVERRIDES):
     _print_evaluate(r["evaluate"])
 
 
-@app.command(context_settings=EXTRA, short_help="A trained optimizer on task variants (paper Figures 5 and 6).",
+@app.command(context_settings=EXTRA, short_help="A trained optimizer on task variants (paper Figures 5-8).",
              help="Run a trained optimizer on task variants it never saw (generalize.figure=figure5: 40 hidden "
                   "units, 2 layers, ReLU, 200 steps; figure6: widths x depths; figure7 with task=cifar: CIFAR-10, "
-                  "-5, -2, with --sub) against baselines tuned on each. "
+                  "-5, -2, with --sub; figure8 with task=art: 64x64, 128x128, a new style) against baselines "
+                  "tuned on each. "
                   f"{GROUPS_HELP}")
 def generalize(overrides: list[str] | None = OVERRIDES,
                checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file."),
                sub: str | None = typer.Option(None, help="Figure 7's LSTM-sub: a meta-train run on the held-out "
                                               "labels (task.classes=heldout5), raced beside the checkpoint.")):
     r = _run("generalize", overrides, checkpoint=checkpoint, **{"generalize.sub": sub})
-    cols = ["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "verdict"]
-    cols += ["sub_final_loss", "sub_ratio"] if "sub_ratio" in r["table"] else []
-    _table(r["table"][cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
+    t = r["table"].copy()
+    if "ratio_low" in t:
+        t["95% interval"] = [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(t["ratio_low"], t["ratio_high"], strict=True)]
+    cols = ["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio"]
+    cols += ["95% interval"] if "95% interval" in t else []
+    cols += ["verdict"] + (["sub_final_loss", "sub_ratio"] if "sub_ratio" in t else [])
+    _table(t[cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
     out.print(f"generalize -> {r['run_dir']}")
 
 

@@ -52,6 +52,8 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> 
     row = {"learned_final_loss": summary["final_loss"].iloc[0],
            "best_baseline": baseline.idxmin() if len(baseline) else "none", "best_baseline_final_loss": best_loss}
     row["ratio"] = row["learned_final_loss"] / best_loss
+    if "ratio_low" in summary:  # 95% bootstrap interval over the problems
+        row["ratio_low"], row["ratio_high"] = summary["ratio_low"].iloc[0], summary["ratio_high"].iloc[0]
     row["verdict"] = "learned better" if row["ratio"] < 1 else "baseline better"
     if len(optimizers) > 1:
         row["sub_final_loss"] = summary["final_loss"].iloc[1]

@@ -33,6 +33,16 @@ def layer_names() -> list[str]:
 
 
 NAMES = layer_names()
+
+
+def full_shapes() -> dict[str, tuple[int, ...]]:
+    """Every conv layer's weight and bias shape in torchvision's `vgg19().features`, by its state-dict key."""
+    shapes, c = {}, 3
+    convs = [i for i, n in enumerate(NAMES) if n.startswith("conv")]
+    for i, out in zip(convs, [v for v in LAYOUT if v != "M"], strict=True):
+        shapes.update({f"{i}.weight": (out, c, 3, 3), f"{i}.bias": (out,)})
+        c = out
+    return shapes
 RELUS = tuple(n for n in NAMES if n.startswith("relu"))
 
 
@@ -87,12 +97,12 @@ class VGGFeatures(nn.Module):
                            f"{WEIGHTS_FILE}, whole") from None
         if not isinstance(state, dict):
             raise L2LError(f"VGG-19 weights '{path}' hold no state dict: it must be torchvision's {WEIGHTS_FILE}")
-        for key, value in self.layers.state_dict().items():
+        for key, shape in full_shapes().items():  # the whole network's, so that another net's file (VGG-16) fails
             found = state.get(f"features.{key}")
-            if not torch.is_tensor(found) or found.shape != value.shape:
+            if not torch.is_tensor(found) or tuple(found.shape) != shape:
                 got = "missing" if found is None else f"shape {tuple(getattr(found, 'shape', ()))}"
-                raise L2LError(f"VGG-19 weights '{path}': features.{key} is {got}, not {tuple(value.shape)}: it must "
-                               f"be torchvision's vgg19 weights ({WEIGHTS_FILE})")
+                raise L2LError(f"VGG-19 weights '{path}': features.{key} is {got}, not {shape}: it must be "
+                               f"torchvision's vgg19 weights ({WEIGHTS_FILE})")
         self.layers.load_state_dict({k: state[f"features.{k}"] for k in self.layers.state_dict()})
         return hashlib.sha256(path.read_bytes()).hexdigest()
 
