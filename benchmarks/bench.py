@@ -107,9 +107,11 @@ def _one(problems, params, t, b):
     sliced = type(problems).__new__(type(problems))
     sliced.__dict__.update(problems.__dict__)
     sliced.batch = 1
-    for name in ("W", "y", "theta0"):
+    for name in ("W", "y", "theta0", "content"):
         if hasattr(problems, name):
             setattr(sliced, name, getattr(problems, name)[b : b + 1])
+    if hasattr(problems, "targets"):  # art: the content target is recomputed for the one image
+        sliced.targets = {}
     if hasattr(problems, "indices"):
         idx = problems.indices(t)[b : b + 1]
         sliced.indices = lambda _t, idx=idx: idx
@@ -192,7 +194,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--tasks", default="quadratic,mnist",
-                        help="comma-separated: quadratic, mnist, cifar (needs Fashion-MNIST: dataset-fashion-mnist)")
+                        help="comma-separated: quadratic, mnist, cifar (needs Fashion-MNIST: dataset-fashion-mnist), art")
     args = parser.parse_args()
     rows = []
     resolve_device(compose([]))  # the process settings every l2l command uses (threads, allocator), for both sides
@@ -218,6 +220,13 @@ def main():
         rows.append((f"cifar: l2l meta-gradient vs the reference's, 2 problems x {cfg.train.unroll} steps",
                      f"max rel. diff {diff:.1e}", "same results"))
         cost_per_step(cfg, task, optimizer, 1, args.repeats, rows)
+
+    if "art" in tasks:  # images 64x64 through the frozen VGG-19 (random weights); 4 problems is its default
+        cfg, task, optimizer = meta_training("art", (4,), 1, args.repeats, rows, gflops)
+        diff = same_meta_gradient(cfg, task, 2, 8)
+        rows.append(("art: l2l meta-gradient vs the reference's, 2 problems x 8 steps", f"max rel. diff {diff:.1e}",
+                     "same results"))
+        cost_per_step(cfg, task, optimizer, 4, args.repeats, rows)
 
     width = max(len(r[0]) for r in rows)
     print(f"{'benchmark':<{width}}  {'figure':<34}  note")

@@ -36,3 +36,9 @@ def test_reference_meta_gradient_equals_l2ls_on_conv_nets_with_two_lstms(make_cf
                    "task.minibatch=4")  # the reference sums the losses: the paper's meta-loss
     assert set(build(cfg.optimizer).nets) == {"conv", "fc"}
     assert bench.same_meta_gradient(cfg, build(cfg.task), 2, 4) < 1e-4
+
+
+def test_reference_meta_gradient_equals_l2ls_on_art(make_cfg):
+    cfg = make_cfg("task=art", "recipe=paper", "task.size=16", "task.features.content_layer=relu1_2",
+                   "task.features.style_layers=[relu1_1]")
+    assert bench.same_meta_gradient(cfg, build(cfg.task), 2, 4) < 1e-4

@@ -116,7 +116,7 @@ class ArtFamily(TaskFamily):
             raise L2LError(f"style image '{path}' is {style.shape[2]}x{style.shape[1]}: scaled by task.style_scale="
                            f"{self.style_scale} it is smaller than task.size={self.size}; raise task.style_scale, "
                            "lower task.size or use a larger style image")
-        style = resize(square(style, min(style.shape[1:])), side)
+        style = square(style, side)
         top = (side - self.size) // 2
         self.style_image = style[:, top : top + self.size, top : top + self.size].contiguous()
         reference = torch.stack([square(p, REFERENCE) for _, p in self._photos["train"]])
