@@ -194,7 +194,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--tasks", default="quadratic,mnist",
-                        help="comma-separated: quadratic, mnist, cifar (needs Fashion-MNIST: dataset-fashion-mnist), art")
+                        help="comma-separated: quadratic, mnist, cifar (needs Fashion-MNIST: dataset-fashion-mnist), "
+                             "art")
     args = parser.parse_args()
     rows = []
     resolve_device(compose([]))  # the process settings every l2l command uses (threads, allocator), for both sides
