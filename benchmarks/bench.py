@@ -110,8 +110,9 @@ def _one(problems, params, t, b):
     for name in ("W", "y", "theta0", "content"):
         if hasattr(problems, name):
             setattr(sliced, name, getattr(problems, name)[b : b + 1])
-    if hasattr(problems, "targets"):  # art: the content target is recomputed for the one image
-        sliced.targets = {}
+    if hasattr(problems, "targets"):  # art: the batch's targets, the content one sliced to this image
+        targets = problems._targets()
+        sliced.targets = {**targets, "content": targets["content"][b : b + 1]}
     if hasattr(problems, "indices"):
         idx = problems.indices(t)[b : b + 1]
         sliced.indices = lambda _t, idx=idx: idx

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
@@ -88,10 +89,13 @@ def _override_value(v) -> str:
     if OmegaConf.is_dict(v):
         return "{" + ",".join(f"{k}:{_override_value(x)}" for k, x in v.items()) + "}"
     if OmegaConf.is_list(v):
-        return "[" + ",".join(repr(x) if isinstance(x, str) else _override_value(x) for x in v) + "]"
+        return "[" + ",".join(_override_value(x) for x in v) + "]"
     if v is None:
         return "null"
-    return repr(v) if isinstance(v, str) and (":" in v or "," in v) else str(v)
+    if isinstance(v, str):  # quoted: a saved path may hold characters Hydra's grammar does not take bare (~, é, ' ')
+        # Hydra unescapes backslashes only before a quote (or the closing one): double those, escape the quotes
+        return "'" + re.sub(r"(\\*)('|$)", lambda m: 2 * m[1] + ("\\'" if m[2] else ""), v) + "'"
+    return str(v)
 
 
 def check(cfg: DictConfig, command: str) -> None:

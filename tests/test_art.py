@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from l2lcli.commands import evaluate, generalize, sweep, train
+from l2lcli.commands.common import compose_for
 from l2lcli.config import build, compose
 from l2lcli.data.photos import PHOTOS, STYLES, photo_files, shipped
 from l2lcli.errors import L2LError
@@ -213,3 +214,33 @@ def test_the_default_is_the_papers_protocol():
     assert (cfg.task.steps, cfg.train.unroll, cfg.task.preprocess, cfg.task.output_scale, cfg.task.groups) == \
         (128, 32, "log_sign", 1.0, None)
     assert [dict(v) for v in cfg.generalize.figure8] == [{"size": 64}, {"size": 128}, {"style": "brick"}]
+
+
+def test_a_checkpoint_trained_with_an_odd_style_path_evaluates(make_cfg, tmp_path):
+    """Saved task keys come back as Hydra overrides: a path with a space, an accent, a tilde and a quote too."""
+    style = tmp_path / "my style é~'s.png"
+    Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(style)
+    trained = train.run(make_cfg(*SMALL, f'task.style="{style}"', "task.style_scale=1.0", tiny=False))
+    ev = evaluate.run(compose_for([f"out_dir={tmp_path}", "eval.problems=2"], checkpoint=trained["run_dir"]))
+    assert ev["data"]["style"].startswith(style.stem)
+
+
+def test_a_style_folder_and_a_variant_too_big_for_the_style_are_refused_before_work(tmp_path):
+    one_line_error(l2l("sweep-baselines", *SMALL, f"task.style={tmp_path}", out=tmp_path), "is a folder")
+    style = tmp_path / "small.png"
+    Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8)).save(style)
+    run = l2l("meta-train", *SMALL, f"task.style={style}", "task.style_scale=1.0", out=tmp_path)
+    assert run.exit_code == 0, run.output
+    ckpt = next((tmp_path / "meta-train" / "art").iterdir())
+    one_line_error(l2l("generalize", "--checkpoint", str(ckpt), "generalize.figure=figure8",
+                       "generalize.figure8=[{size: 16}, {size: 64}]", out=tmp_path), "smaller than task.size=64")
+    assert not (tmp_path / "generalize").exists()  # refused before a run folder, not after the first variant
+
+
+def test_batches_on_two_devices_keep_their_own_network():
+    fam = small_family()
+    a = fam.sample("test", 2, seed=0)
+    b = fam.sample("test", 2, seed=0, device="meta")  # a second device: this batch gets its own copy
+    assert a.net is fam.net and b.net is not fam.net and next(b.net.parameters()).device.type == "meta"
+    assert next(fam.net.parameters()).device.type == "cpu"
+    a.loss(a.init_params(), 0)  # the first batch still runs where it is

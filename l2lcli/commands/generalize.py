@@ -34,6 +34,8 @@ def variants(cfg: DictConfig) -> list[dict]:
         if unknown:
             raise L2LError(f"task={cfg.task.name} has no key {', '.join(sorted(unknown))} to vary")
         check_values(OmegaConf.merge(cfg, {"task": v}))
+    for v in found:  # then its data (a style image too small for a larger size): refused before any variant runs
+        build(OmegaConf.merge(cfg.task, v)).describe()
     return found
 
 

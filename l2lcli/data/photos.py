@@ -48,17 +48,24 @@ def shipped(name: str) -> Path:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """An image file as floats [3, H, W] in [0, 1] (grey images get three equal channels)."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file as bytes [3, H, W] (grey images get three equal channels), upright as its EXIF tag says."""
+    from PIL import Image, ImageOps
 
+    if Path(path).is_dir():
+        raise L2LError(f"image '{path}' is a folder: pass an image file")
     try:
         with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+            pixels = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise L2LError(f"image '{path}' not found") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Exception as e:  # PIL raises many kinds on a foreign, truncated or huge file
         raise L2LError(f"cannot read image '{path}' ({type(e).__name__}): pass a PNG or JPEG file") from None
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1)
+
+
+def as_float(image: torch.Tensor) -> torch.Tensor:
+    """Bytes [..., H, W] as floats in [0, 1]."""
+    return image.float() / 255
 
 
 def where(name: str) -> str:
@@ -90,6 +97,6 @@ def style_file(style: str) -> tuple[str, Path]:
     path = Path(style).expanduser()
     if path.suffix.lower() not in SUFFIXES and not path.exists():
         raise L2LError(f"task.style='{style}' is neither a shipped texture ({', '.join(STYLES)}) nor an image file")
-    if not path.is_file():
+    if not path.exists():
         raise L2LError(f"task.style='{style}': image not found; pass a texture ({', '.join(STYLES)}) or an image file")
     return path.stem, path

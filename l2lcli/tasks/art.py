@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.photos import photo_files, read_image, style_file, where
+from ..data.photos import as_float, photo_files, read_image, style_file, where
 from ..errors import L2LError
 from .base import ParamSpec, ProblemBatch, TaskFamily, randn
 from .features import feature_net
 
 REFERENCE = 128  # side at which the training photographs normalise the feature network, whatever task.size is
+REFERENCE_PHOTOS = 32  # at most this many of them (evenly spaced): a user's folder may hold thousands
 
 
 def gram(f: torch.Tensor) -> torch.Tensor:
@@ -41,13 +44,18 @@ class ArtBatch(ProblemBatch):
 
     def __init__(self, family: ArtFamily, content: torch.Tensor, init: torch.Tensor):
         self.specs, self.batch, self.buffers = family.specs(), content.shape[0], {}
-        self.net, self.content, self.style, self.params0 = family.net, content, family.style_image, {"image": init}
+        self.net_on, self.net = family.net_on, family.net
+        self.content, self.style, self.params0 = content, family.style_image, {"image": init}
         self.weights = (family.content_weight, family.style_weight, family.tv_weight)
         self.content_layer, self.style_layers = family.content_layer, family.style_layers
         self.targets: dict[str, torch.Tensor] = {}  # filled on the first loss, on the batch's device
 
     def init_params(self):
         return {"image": self.params0["image"].clone()}
+
+    def to(self, device):
+        self.net = self.net_on(device)  # the family's own copy there: moving the shared one would strand other batches
+        return super().to(device)
 
     def _targets(self) -> dict[str, torch.Tensor]:
         if not self.targets:
@@ -107,10 +115,10 @@ class ArtFamily(TaskFamily):
         if self.net is not None:
             return
         files = photo_files(self.photos)
-        self._photos = {split: [(name, self._check(name, path, read_image(path), "photograph"))
-                                for name, path in found] for split, found in files.items()}
+        self._photos = {split: [(name, self._check(path, read_image(path))) for name, path in found]
+                        for split, found in files.items()}  # bytes: a float copy of a large folder is 4x the memory
         name, path = style_file(self.style)
-        style = read_image(path)
+        style = as_float(read_image(path))
         side = math.floor(min(style.shape[1:]) * self.style_scale)
         if side < self.size:
             raise L2LError(f"style image '{path}' is {style.shape[2]}x{style.shape[1]}: scaled by task.style_scale="
@@ -119,7 +127,9 @@ class ArtFamily(TaskFamily):
         style = square(style, side)
         top = (side - self.size) // 2
         self.style_image = style[:, top : top + self.size, top : top + self.size].contiguous()
-        reference = torch.stack([square(p, REFERENCE) for _, p in self._photos["train"]])
+        train = self._photos["train"]
+        picks = np.linspace(0, len(train) - 1, min(len(train), REFERENCE_PHOTOS)).round().astype(int)
+        reference = torch.stack([square(as_float(train[i][1]), REFERENCE) for i in sorted(set(picks))])
         f = self.features
         self.net, net_info = feature_net([self.content_layer, *self.style_layers], f["weights"], f["seed"],
                                          f["pool"], f["normalize"], reference)
@@ -131,11 +141,19 @@ class ArtFamily(TaskFamily):
                       "style": f"{name} ({where(name) if name == self.style else path})", "size": self.size,
                       "features": {**net_info, "content_layer": self.content_layer,
                                    "style_layers": self.style_layers,
-                                   "normalized_on": f"the {len(reference)} training photographs at {REFERENCE}px"}}
+                                   "normalized_on": f"{len(reference)} training photographs at {REFERENCE}px"}}
+        self._nets = {str(torch.device("cpu")): self.net}
 
-    def _check(self, name: str, path, image: torch.Tensor, what: str) -> torch.Tensor:
+    def net_on(self, device) -> torch.nn.Module:
+        """The frozen network on `device`: one copy per device, shared by every batch there."""
+        key = str(torch.device(device))
+        if key not in self._nets:
+            self._nets[key] = copy.deepcopy(self.net).to(device)
+        return self._nets[key]
+
+    def _check(self, path, image: torch.Tensor) -> torch.Tensor:
         if min(image.shape[1:]) < self.size:
-            raise L2LError(f"{what} '{path}' is {image.shape[2]}x{image.shape[1]}, too small for {self.size}x"
+            raise L2LError(f"photograph '{path}' is {image.shape[2]}x{image.shape[1]}, too small for {self.size}x"
                            f"{self.size} crops: remove it or lower task.size")
         return image
 
@@ -144,7 +162,7 @@ class ArtFamily(TaskFamily):
         _, h, w = image.shape
         side = int(round(math.exp(rng.uniform(math.log(self.size), math.log(min(h, w))))))
         top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        return resize(image[:, top : top + side, left : left + side], self.size)
+        return resize(as_float(image[:, top : top + side, left : left + side]), self.size)
 
     def draw(self, split, n, rng, key):
         self._load()
