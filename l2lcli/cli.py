@@ -78,12 +78,18 @@ def _print_sweep(r: dict) -> None:
     out.print(f"sweep-baselines (data {_data(r)}) -> {r['run_dir']}")
 
 
+def _intervals(t) -> list[str]:
+    """Each row's ratio interval, to 3 decimals: near 1, 3 significant digits would print 1.0012 as 1."""
+    def r(x):
+        return f"{x:.3f}" if abs(x) >= 0.1 else f"{x:.2g}"
+    return [f"{r(lo)}-{r(hi)}" for lo, hi in zip(t["ratio_low"], t["ratio_high"], strict=True)]
+
+
 def _print_evaluate(r: dict) -> None:
     t = r["table"]
     shown = t[["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]].copy()
     if "ratio_low" in t:  # the ratio with its 95% bootstrap interval over the problems, in one column
-        shown.insert(5, "95% interval", [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(t["ratio_low"], t["ratio_high"],
-                                                                                 strict=True)])
+        shown.insert(5, "95% interval", _intervals(t))
     shown = shown.rename(columns={"log10_final_loss": "log10", "ratio_to_best_baseline": "ratio",
                                   "ms_per_step": "ms/step"})
     _table(shown,
@@ -138,7 +144,7 @@ def generalize(overrides: list[str] | None = OVERRIDES,
     r = _run("generalize", overrides, checkpoint=checkpoint, **{"generalize.sub": sub})
     t = r["table"].copy()
     if "ratio_low" in t:
-        t["95% interval"] = [f"{lo:.3g}-{hi:.3g}" for lo, hi in zip(t["ratio_low"], t["ratio_high"], strict=True)]
+        t["95% interval"] = _intervals(t)
     cols = ["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio"]
     cols += ["95% interval"] if "95% interval" in t else []
     cols += ["verdict"] + (["sub_final_loss", "sub_ratio"] if "sub_ratio" in t else [])
