@@ -14,6 +14,7 @@ from ..errors import L2LError
 from ..plots import plot_curves
 from ..rollout import rollout
 from ..runs import write_csv, write_json
+from ..schema import leaves
 from ..stats import bootstrap_ratio
 from ..tasks.base import LEARNER_KEYS
 from .common import Setup, load_optimizer, prepare
@@ -22,22 +23,12 @@ from .common import Setup, load_optimizer, prepare
 def problem_key(cfg: DictConfig) -> dict:
     """What decides the evaluation problems: the task's keys (not those only learned optimizers read, nor the data
     folder), the split, the seed, how many and how many steps."""
-    task = {f"task.{k}": v for k, v in _flat(OmegaConf.to_container(cfg.task)).items()
-            if k not in (*LEARNER_KEYS, "root", "_target_")}
+    # nested keys one by one (task.features.weights), so a key added later to a nested group is one key
+    skip = {f"task.{k}" for k in (*LEARNER_KEYS, "root", "_target_")}
+    task = {path: v for path, v in leaves(cfg.task, "task.") if path not in skip}
     steps = OmegaConf.select(cfg, "eval.steps") or cfg.task.steps
     return {**task, "eval.split": OmegaConf.select(cfg, "eval.split", default="test"), "eval.seed": cfg.eval.seed,
             "eval.problems": cfg.eval.problems, "eval.steps": steps}
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    """Nested keys as dotted ones (task.features.weights), so a key added later to a nested group is one key."""
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and prefix + k not in LEARNER_KEYS:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
 
 
 def load_baselines(cfg: DictConfig) -> pd.DataFrame:
