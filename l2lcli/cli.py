@@ -59,8 +59,15 @@ def _print_meta_train(r: dict) -> None:
     out.print(f"meta-train {r['task']}/{r['optimizer']} (recipe {r['recipe']}): best validation loss "
               f"{r['best_val_loss']:.4g} at epoch {r['best_epoch']} of {r['epochs']} ({r['stop_reason']}), "
               f"{r['optimizee_steps_per_second']:.0f} optimizee steps/s, data {_data(r)} -> {r['checkpoint']}")
+    _print_loggers(r)
     if r["stop_reason"] == "interrupted":
         raise typer.Exit(130)
+
+
+def _print_loggers(r: dict) -> None:
+    """Where each logger chosen with logger= sent the run (or why it stopped)."""
+    for name, where in (r.get("loggers") or {}).items():
+        out.print(f"  {name}: {where}", highlight=False, soft_wrap=True)
 
 
 def _data(r: dict) -> str:
@@ -76,6 +83,7 @@ def _print_sweep(r: dict) -> None:
     if r["never_converged"]:
         out.print(f"diverged at every learning rate: {', '.join(r['never_converged'])}")
     out.print(f"sweep-baselines (data {_data(r)}) -> {r['run_dir']}")
+    _print_loggers(r)
 
 
 def _intervals(t) -> list[str]:
@@ -95,6 +103,7 @@ def _print_evaluate(r: dict) -> None:
     _table(shown,
            f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
     out.print(f"evaluate (data {_data(r)}) -> {r['run_dir']}")
+    _print_loggers(r)
 
 
 @app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.",
@@ -150,6 +159,7 @@ def generalize(overrides: list[str] | None = OVERRIDES,
     cols += ["verdict"] + (["sub_final_loss", "sub_ratio"] if "sub_ratio" in t else [])
     _table(t[cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
     out.print(f"generalize -> {r['run_dir']}")
+    _print_loggers(r)
 
 
 @data_app.command("download", context_settings=EXTRA,

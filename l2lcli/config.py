@@ -18,7 +18,8 @@ from .errors import L2LError, one_line
 from .schema import check_values
 
 CONFIG_MODULE = "l2lcli.conf"
-GROUPS = ("task", "optimizer", "device", "recipe")
+GROUPS = ("task", "optimizer", "device", "recipe", "logger")
+MANY = ("logger",)  # groups that take a list of choices: logger=[tensorboard,mlflow]
 BASELINE_TARGETS = "l2lcli.optimizers.baselines."
 # Where classes named by the configs saved in older checkpoints live now (the flat layout before tasks/, optimizers/).
 MOVED = {"l2lcli.tasks.Quadratic": "l2lcli.tasks.quadratic.QuadraticFamily",
@@ -46,8 +47,11 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
             raise L2LError(f"malformed override '{o}': write key=value, e.g. task=quadratic or train.unroll=20")
         key, _, value = o.partition("=")
         key = key.lstrip("+~")
-        if key in GROUPS and value and value not in group_choices(key):
-            raise L2LError(f"unknown {key} '{value}': choose one of {', '.join(group_choices(key))}")
+        many = key in MANY and value.startswith("[") and value.endswith("]")
+        for choice in value[1:-1].split(",") if many else [value] if key in GROUPS and value else []:
+            if choice.strip() not in group_choices(key):
+                raise L2LError(f"unknown {key} '{choice.strip()}': choose one of {', '.join(group_choices(key))}"
+                               + (" (or a list: logger=[tensorboard,mlflow])" if key in MANY else ""))
     try:
         if inherit is not None:
             overrides = _inherited(inherit, overrides, groups, source) + overrides

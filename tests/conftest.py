@@ -7,6 +7,8 @@ from l2lcli.config import compose
 TINY = ["train.batch_size=16", "train.epoch_trajectories=3", "train.max_epochs=2", "train.validation_problems=32",
         "eval.problems=32", "task.steps=20", "train.unroll=5", "sweep.lr_num=5",
         "device.compile=false"]  # compiled cells have their own test (test_learned); compiling costs seconds
+# train_log.csv's wall-clock columns: the only ones that differ between two runs of the same seed and config
+TIMES = ["seconds", "epoch_seconds", "optimizee_steps_per_second"]
 
 
 @pytest.fixture

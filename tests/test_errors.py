@@ -22,7 +22,7 @@ runner = CliRunner()
 
 @functools.cache
 def _configs():
-    return [compose([f"task={t}", f"optimizer={o}"]) for t, o in
+    return [compose([f"task={t}", f"optimizer={o}", "logger=many"]) for t, o in
             itertools.product(group_choices("task"), group_choices("optimizer"))]
 
 
@@ -37,7 +37,8 @@ def _bad_overrides():
         if cfg is None:
             continue
         for raw in BAD:
-            value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}", f"{path}={raw}"])
+            value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}", "logger=many",
+                             f"{path}={raw}"])
             if not rule.ok(dict(leaves(value))[path]):
                 cases.append((cfg.task.name, cfg.optimizer.name, path, raw))
                 break
@@ -53,7 +54,7 @@ def test_the_bad_values_reach_every_rule():
 
 @pytest.mark.parametrize("task, optimizer, path, raw", CASES, ids=[c[2] for c in CASES])
 def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optimizer, path, raw):
-    cfg = compose([f"task={task}", f"optimizer={optimizer}", f"{path}={raw}"])
+    cfg = compose([f"task={task}", f"optimizer={optimizer}", "logger=many", f"{path}={raw}"])
     with pytest.raises(L2LError) as e:
         check(cfg, "evaluate")
     assert str(e.value).startswith(f"{path}=") and "\n" not in str(e.value)

@@ -7,6 +7,7 @@ from l2lcli.commands import train
 from l2lcli.config import build
 from l2lcli.rollout import loss_and_grads, rollout
 from l2lcli.runs import load_checkpoint
+from tests.conftest import TIMES
 
 
 def test_meta_training_writes_its_run_and_beats_the_untrained_optimizer(make_cfg):
@@ -17,7 +18,7 @@ def test_meta_training_writes_its_run_and_beats_the_untrained_optimizer(make_cfg
         assert (run / f).is_file(), f
     log = pd.read_csv(run / "train_log.csv")
     assert list(log.columns) == ["epoch", "trajectories", "meta_loss", "val_loss", "best_val_loss", "meta_lr",
-                                 "bad_steps", "seconds"]
+                                 "bad_steps", *TIMES]
     assert len(log) == 2 and log["trajectories"].iloc[-1] == 30
     # the untrained optimizer (same seed, same init) on the same validation problems
     torch.manual_seed(cfg.seed)
@@ -32,7 +33,7 @@ def test_meta_training_writes_its_run_and_beats_the_untrained_optimizer(make_cfg
 def test_same_seed_same_numbers(make_cfg):
     a = pd.read_csv(train.run(make_cfg())["run_dir"] + "/train_log.csv")
     b = pd.read_csv(train.run(make_cfg())["run_dir"] + "/train_log.csv")
-    pd.testing.assert_frame_equal(a.drop(columns="seconds"), b.drop(columns="seconds"))
+    pd.testing.assert_frame_equal(a.drop(columns=TIMES), b.drop(columns=TIMES))
     c = pd.read_csv(train.run(make_cfg("seed=1"))["run_dir"] + "/train_log.csv")
     assert not a["val_loss"].equals(c["val_loss"])
 

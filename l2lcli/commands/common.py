@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from ..config import build, check, compose, is_learned
 from ..device import resolve_device
 from ..errors import L2LError
+from ..loggers import Loggers, open_loggers
 from ..runs import load_checkpoint, new_run_dir, rule_from
 from ..tasks.base import ProblemBatch, TaskFamily
 
@@ -31,6 +32,7 @@ class Setup:
     cfg: DictConfig
     device: torch.device
     task: TaskFamily
+    log: Loggers  # the folder's CSVs and JSON are written through it, and sent on to TensorBoard / MLflow
 
     @property
     def steps(self) -> int:
@@ -43,17 +45,20 @@ class Setup:
         return self.task.sample(c.split, c.problems, c.seed, device=self.device)
 
     def open_run(self, command: str, label: str | None = None) -> Path:
-        return new_run_dir(self.cfg, command, label)
+        """A fresh run folder, with a run opened for it in each logger."""
+        run_dir = new_run_dir(self.cfg, command, label)
+        self.log.start(run_dir)
+        return run_dir
 
 
 def prepare(cfg: DictConfig, command: str) -> Setup:
-    """Check the config, set up the device, build the task and read its data: everything that can refuse a run
-    happens here, before a run folder exists."""
+    """Check the config, set up the device, build the task and read its data, reach the loggers: everything that
+    can refuse a run happens here, before a run folder exists."""
     check(cfg, command)
     device = resolve_device(cfg)
     task = build(cfg.task)
-    task.describe()  # reads the data: a missing dataset is an error now, not after a run folder was made
-    return Setup(cfg, device, task)
+    data = task.describe()  # reads the data: a missing dataset is an error now, not after a run folder was made
+    return Setup(cfg, device, task, open_loggers(cfg, command, data))
 
 
 def fits(optimizer, task: TaskFamily, problems: int) -> None:

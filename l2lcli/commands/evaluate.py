@@ -13,7 +13,6 @@ from ..config import baseline_config, build
 from ..errors import L2LError
 from ..plots import plot_curves
 from ..rollout import rollout
-from ..runs import write_csv, write_json
 from ..schema import leaves
 from ..stats import bootstrap_ratio
 from ..tasks.base import LEARNER_KEYS
@@ -106,16 +105,15 @@ def run(cfg: DictConfig) -> dict:
     baselines = load_baselines(cfg) if cfg.eval.baselines else pd.DataFrame(columns=["optimizer", "lr"])
     problems = setup.problems()
     run_dir = setup.open_run("evaluate")
-
-    summary, curves, finals = race(problems, {cfg.optimizer.name: optimizer}, baselines, setup.steps)
-    write_csv(run_dir / "curves.csv", curves)
-    write_csv(run_dir / "summary.csv", summary)
-    write_csv(run_dir / "finals.csv", summary.attrs["finals"])
-    plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} {cfg.eval.split} problems")
-    problems.pictures(finals, run_dir / "images.png")  # where the task has pictures (art: Figure 8's grid)
-    results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name, "data": setup.task.describe(),
-               "steps": setup.steps, "split": cfg.eval.split, "problems": cfg.eval.problems,
-               "checkpoint": cfg.eval.checkpoint, "rows": summary.to_dict("records")}
-    write_json(run_dir / "summary.json", results)
-    results["table"] = summary
-    return results
+    with setup.log as log:
+        summary, curves, finals = race(problems, {cfg.optimizer.name: optimizer}, baselines, setup.steps)
+        log.write_csv(run_dir / "curves.csv", curves)
+        log.write_csv(run_dir / "summary.csv", summary)
+        log.write_csv(run_dir / "finals.csv", summary.attrs["finals"])
+        plot_curves(curves, run_dir / "curves.png", f"{cfg.task.name}: {cfg.eval.problems} {cfg.eval.split} problems")
+        problems.pictures(finals, run_dir / "images.png")  # where the task has pictures (art: Figure 8's grid)
+        results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name,
+                   "data": setup.task.describe(), "steps": setup.steps, "split": cfg.eval.split,
+                   "problems": cfg.eval.problems, "checkpoint": cfg.eval.checkpoint, "rows": summary.to_dict("records")}
+        log.write_json(run_dir / "summary.json", results)
+    return {**results, "table": summary, "loggers": log.report()}

@@ -5,17 +5,26 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import check
+from ..loggers import open_loggers
 from . import evaluate, sweep, train
 
 
 def run(cfg: DictConfig) -> dict:
-    """meta-train -> sweep-baselines -> evaluate --checkpoint --baselines; the three results by command name."""
+    """meta-train -> sweep-baselines -> evaluate --checkpoint --baselines; the three results by command name.
+
+    With a logger, the job is one parent run (MLflow: experiment/<task>) with the three commands' runs under it.
+    """
     check(cfg, "experiment")  # refuse bad values before the first of the three runs
-    trained = train.run(cfg)
-    if trained["stop_reason"] == "interrupted":  # Ctrl-C stops the whole job, not only its first part
-        return {"meta-train": trained}
-    swept = sweep.run(cfg)
-    evaluation = OmegaConf.create(OmegaConf.to_container(cfg))
-    with open_dict(evaluation):
-        evaluation.eval.checkpoint, evaluation.eval.baselines = trained["checkpoint"], swept["run_dir"]
-    return {"meta-train": trained, "sweep-baselines": swept, "evaluate": evaluate.run(evaluation)}
+    parent = open_loggers(cfg, "experiment")
+    with parent.start(None), parent.nest():
+        trained = train.run(cfg)
+        if trained["stop_reason"] == "interrupted":  # Ctrl-C stops the whole job, not only its first part
+            parent.finish("KILLED")
+            return {"meta-train": trained}
+        swept = sweep.run(cfg)
+        evaluation = OmegaConf.create(OmegaConf.to_container(cfg))
+        with open_dict(evaluation):
+            evaluation.eval.checkpoint, evaluation.eval.baselines = trained["checkpoint"], swept["run_dir"]
+        evaluated = evaluate.run(evaluation)
+        parent.table("summary.csv", evaluated["table"])  # the job's headline figures on the parent run too
+    return {"meta-train": trained, "sweep-baselines": swept, "evaluate": evaluated}

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import build
 from ..errors import L2LError
 from ..plots import plot_generalization
-from ..runs import load_checkpoint, rule_from, write_csv, write_json
+from ..runs import load_checkpoint, rule_from
 from ..schema import check_values
 from .common import fits, load_optimizer, prepare
 from .evaluate import race
@@ -77,19 +77,20 @@ def run(cfg: DictConfig) -> dict:
         optimizers[f"{sub['optimizer_name']}-sub"] = rule_from(sub).to(setup.device)
     todo = variants(cfg)
     run_dir = setup.open_run("generalize")
-    rows, curves = [], []
-    for v in todo:
-        label = " ".join(f"{k}={'null' if val is None else val}" for k, val in v.items())  # as an override
-        row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizers, setup.device)
-        rows.append({"variant": label, **v, **row})
-        curves.append(c.assign(variant=label))
-        write_csv(run_dir / "generalize.csv", pd.DataFrame(rows))  # grows as variants finish
-    table = pd.DataFrame(rows)
-    curves = pd.concat(curves, ignore_index=True)
-    write_csv(run_dir / "curves.csv", curves)
-    plot_generalization(cfg.generalize.figure, table, curves, run_dir / f"{cfg.generalize.figure}.png")
-    results = {"command": "generalize", "run_dir": str(run_dir), "task": cfg.task.name,
-               "figure": cfg.generalize.figure, "split": cfg.eval.split, "problems": cfg.eval.problems, "rows": rows}
-    write_json(run_dir / "summary.json", results)
-    results["table"] = table
-    return results
+    with setup.log as log:
+        rows, curves = [], []
+        for v in todo:
+            label = " ".join(f"{k}={'null' if val is None else val}" for k, val in v.items())  # as an override
+            row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizers, setup.device)
+            rows.append({"variant": label, **v, **row})
+            curves.append(c.assign(variant=label))
+            log.write_csv(run_dir / "generalize.csv", pd.DataFrame(rows))  # grows as variants finish
+        table = pd.DataFrame(rows)
+        curves = pd.concat(curves, ignore_index=True)
+        log.write_csv(run_dir / "curves.csv", curves)
+        plot_generalization(cfg.generalize.figure, table, curves, run_dir / f"{cfg.generalize.figure}.png")
+        results = {"command": "generalize", "run_dir": str(run_dir), "task": cfg.task.name,
+                   "figure": cfg.generalize.figure, "split": cfg.eval.split, "problems": cfg.eval.problems,
+                   "rows": rows}
+        log.write_json(run_dir / "summary.json", results)
+    return {**results, "table": table, "loggers": log.report()}

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..config import baseline_config, build
 from ..plots import plot_sweep
 from ..rollout import rollout
-from ..runs import write_csv, write_json, write_text
+from ..runs import write_text
 from ..tasks.base import by_replica, per_replica
 from .common import prepare
 
@@ -56,17 +56,17 @@ def run(cfg: DictConfig) -> dict:
     setup = prepare(cfg, "sweep-baselines")
     problems = setup.problems()
     run_dir = setup.open_run("sweep-baselines", label="baselines")
-    write_text(run_dir / "baselines.yaml",
-               OmegaConf.to_yaml({n: baseline_config(n) for n in cfg.sweep.optimizers}))
-    sweep = sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, setup.steps)
-    best = best_rows(sweep)
-    write_csv(run_dir / "sweep.csv", sweep)
-    write_csv(run_dir / "best.csv", best)
-    plot_sweep(sweep, run_dir / "sweep.png", f"{cfg.task.name}: final loss after {setup.steps} steps")
-    results = {"command": "sweep-baselines", "run_dir": str(run_dir), "task": cfg.task.name,
-               "data": setup.task.describe(), "steps": setup.steps, "split": cfg.eval.split,
-               "problems": cfg.eval.problems, "best": best[["optimizer", "lr", "final_loss"]].to_dict("records"),
-               "never_converged": sorted(set(cfg.sweep.optimizers) - set(best["optimizer"]))}
-    write_json(run_dir / "summary.json", results)
-    results["table"] = best
-    return results
+    with setup.log as log:
+        write_text(run_dir / "baselines.yaml",
+                   OmegaConf.to_yaml({n: baseline_config(n) for n in cfg.sweep.optimizers}))
+        sweep = sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, setup.steps)
+        best = best_rows(sweep)
+        log.write_csv(run_dir / "sweep.csv", sweep)
+        log.write_csv(run_dir / "best.csv", best)
+        plot_sweep(sweep, run_dir / "sweep.png", f"{cfg.task.name}: final loss after {setup.steps} steps")
+        results = {"command": "sweep-baselines", "run_dir": str(run_dir), "task": cfg.task.name,
+                   "data": setup.task.describe(), "steps": setup.steps, "split": cfg.eval.split,
+                   "problems": cfg.eval.problems, "best": best[["optimizer", "lr", "final_loss"]].to_dict("records"),
+                   "never_converged": sorted(set(cfg.sweep.optimizers) - set(best["optimizer"]))}
+        log.write_json(run_dir / "summary.json", results)
+    return {**results, "table": best, "loggers": log.report()}

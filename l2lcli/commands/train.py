@@ -17,7 +17,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from ..bptt import trajectory, validate
 from ..config import build
 from ..errors import L2LError, WriteError
-from ..runs import load_checkpoint, rule_from, save_checkpoint, write_csv, write_json
+from ..loggers import Loggers
+from ..runs import load_checkpoint, rule_from, save_checkpoint
 from .common import fits, prepare
 
 console = Console(stderr=True)
@@ -54,34 +55,39 @@ def run(cfg: DictConfig) -> dict:
     validation = setup.task.sample("validation", tc.validation_problems, cfg.seed, device=device)
     if resumed:
         s, run_dir = _restore(resumed, optimizer, meta)
+        setup.log.start(run_dir, resumed=True)  # the loggers go on in the runs this folder started
     else:
         s, run_dir = TrainState(), setup.open_run("meta-train")
     stop, started = _stop_reason(s, tc), time.perf_counter() - s.seconds
-    try:
-        with _progress(tc, s) as progress:
-            while stop is None:
-                for group in meta.param_groups:
-                    group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s.epoch
-                losses = []
-                for _ in range(tc.epoch_trajectories):
-                    problems = setup.task.sample("train", tc.batch_size, cfg.seed, index=s.trajectories, device=device)
-                    s.trajectories += 1
-                    loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
-                                          tc.second_derivatives, tc.grad_clip, s.step_loss)
-                    _count_bad(s, ok, tc.max_bad_steps, run_dir)
-                    losses += [loss] if ok else []
-                    progress(advance=int(ok), meta=loss)
-                _end_epoch(cfg, s, optimizer, meta, validate(validation, optimizer, cfg.task.steps), losses, run_dir,
-                           time.perf_counter() - started)
-                progress(epoch=s.epoch, val=s.log[-1]["val_loss"], best=s.best_val)
-                stop = _stop_reason(s, tc)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted after epoch {s.epoch}; the last finished epoch is saved. Resume with:"
-                      f"\n  l2l meta-train --resume {run_dir}", soft_wrap=True)
-        stop, s.trajectories = "interrupted", s.log[-1]["trajectories"] if s.log else 0  # what was saved
-    except WriteError as e:
-        raise L2LError(f"{e}; resume with `l2l meta-train --resume {run_dir}`") from None
-    return _finish(cfg, setup.task, s, stop, run_dir)
+    with setup.log as log:
+        try:
+            with _progress(tc, s) as progress:
+                while stop is None:
+                    for group in meta.param_groups:
+                        group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s.epoch
+                    losses = []
+                    for _ in range(tc.epoch_trajectories):
+                        problems = setup.task.sample("train", tc.batch_size, cfg.seed, index=s.trajectories,
+                                                     device=device)
+                        s.trajectories += 1
+                        loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
+                                              tc.second_derivatives, tc.grad_clip, s.step_loss)
+                        _count_bad(s, ok, tc.max_bad_steps, run_dir)
+                        losses += [loss] if ok else []
+                        progress(advance=int(ok), meta=loss)
+                    _end_epoch(cfg, s, optimizer, meta, validate(validation, optimizer, cfg.task.steps), losses,
+                               run_dir, time.perf_counter() - started, log)
+                    progress(epoch=s.epoch, val=s.log[-1]["val_loss"], best=s.best_val)
+                    stop = _stop_reason(s, tc)
+        except KeyboardInterrupt:
+            console.print(f"[yellow]interrupted after epoch {s.epoch}; the last finished epoch is saved. Resume with:"
+                          f"\n  l2l meta-train --resume {run_dir}", soft_wrap=True)
+            stop, s.trajectories = "interrupted", s.log[-1]["trajectories"] if s.log else 0  # what was saved
+        except WriteError as e:
+            raise L2LError(f"{e}; resume with `l2l meta-train --resume {run_dir}`") from None
+        results = _finish(cfg, setup.task, s, stop, run_dir, log)
+        log.finish("KILLED" if stop == "interrupted" else "FINISHED")
+    return {**results, "loggers": log.report()}
 
 
 def _count_bad(s: TrainState, ok: bool, limit: int, run_dir: Path) -> None:
@@ -96,8 +102,10 @@ def _count_bad(s: TrainState, ok: bool, limit: int, run_dir: Path) -> None:
                        f"is in {run_dir}. Lower train.meta_lr or set train.grad_clip")
 
 
-def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, run_dir: Path, seconds: float) -> None:
+def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, run_dir: Path, seconds: float,
+               log: Loggers) -> None:
     """Early stopping's bookkeeping after an epoch: keep the best by validation loss, log, save the state."""
+    before = s.log[-1] if s.log else {"trajectories": 0, "seconds": 0.0}
     s.epoch += 1
     if val < s.best_val * (1 - cfg.train.min_improvement):
         s.best_val, s.best_epoch, s.since_best = val, s.epoch, 0
@@ -108,8 +116,10 @@ def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, ru
     s.log.append({"epoch": s.epoch, "trajectories": s.trajectories,
                   "meta_loss": sum(losses) / len(losses) if losses else math.nan, "val_loss": val,
                   "best_val_loss": s.best_val, "meta_lr": meta.param_groups[0]["lr"], "bad_steps": s.bad_total,
-                  "seconds": s.seconds})
-    write_csv(run_dir / "train_log.csv", pd.DataFrame(s.log))
+                  "seconds": s.seconds, "epoch_seconds": s.seconds - before["seconds"],
+                  "optimizee_steps_per_second": (s.trajectories - before["trajectories"]) * cfg.train.batch_size
+                  * cfg.task.steps / max(s.seconds - before["seconds"], 1e-9)})
+    log.write_csv(run_dir / "train_log.csv", pd.DataFrame(s.log))
     save_checkpoint(run_dir / "last.pt", cfg, optimizer, meta_optimizer=meta.state_dict(), train_state=asdict(s),
                     rng=torch.get_rng_state())
     if not console.is_terminal:  # logs and CI get one line per epoch instead of the live bar
@@ -125,7 +135,7 @@ def _stop_reason(s: TrainState, tc) -> str | None:
     return "max_epochs" if s.epoch >= tc.max_epochs else None
 
 
-def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path) -> dict:
+def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers) -> dict:
     """The run's summary.json (and the results returned to the caller)."""
     if s.best_epoch < 0:
         raise L2LError(f"no epoch finished with a finite validation loss; see {run_dir}/train_log.csv")
@@ -138,7 +148,7 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path) -> dict:
         "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * cfg.task.steps / max(s.seconds, 1e-9),
         "seconds_to_best": s.log[s.best_epoch - 1]["seconds"],
     }
-    write_json(run_dir / "summary.json", results)
+    log.write_json(run_dir / "summary.json", results)
     return results
 
 

@@ -1,0 +1,205 @@
+"""Loggers: the run folder's tables, as they are written, sent on to TensorBoard and MLflow (the `logger` group).
+
+The folder stays the record: a logger that fails mid-run is dropped with a warning, the run goes on, and the end of
+the run says so (`l2l log RUN` sends a finished folder again).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from ..errors import one_line
+from ..runs import code_version, write_csv, write_json
+from .series import TABLES, Point, params, points, summary_points
+
+console = Console(stderr=True)
+RECORD = "loggers.json"  # in the run folder: where each logger sent the run, so a resumed run goes on there
+ARTIFACTS = ("*.png", "*.csv", "*.yaml", "*.json")
+# The runs of an enclosing command (`l2l experiment`): {logger name: its handle}; children nest under them.
+PARENT: ContextVar[dict | None] = ContextVar("l2l_parent_runs", default=None)
+
+
+@dataclass
+class RunInfo:
+    """What every logger is told about a run when it starts."""
+
+    command: str
+    task: str
+    name: str                 # the run folder's name (a parent run without a folder: a timestamp)
+    run_dir: Path | None
+    params: dict              # the resolved config, dotted keys
+    tags: dict[str, str]      # code version, data source, command, task, folder
+    config_yaml: str
+    parents: dict = field(default_factory=dict)
+
+
+class Backend:
+    """One logger. Each method may raise: Loggers catches it, drops the logger and keeps the run going."""
+
+    name = "backend"
+
+    def start(self, info: RunInfo, saved: dict | None) -> dict:
+        """Open the run (go on with `saved`, this logger's entry of loggers.json, where it can); return the entry."""
+        raise NotImplementedError
+
+    def log(self, batch: list[Point]) -> None:
+        raise NotImplementedError
+
+    def files(self, paths: list[Path], checkpoints: list[Path]) -> None:
+        """The run folder's PNGs, CSVs, YAML and JSON files (and checkpoints) at the end of the run."""
+
+    def finish(self, status: str, summary: list[Point], params: dict) -> None:
+        raise NotImplementedError
+
+    def handle(self) -> dict:
+        """What a child run needs to nest under this one."""
+        return {}
+
+    def where(self) -> str:
+        raise NotImplementedError
+
+
+class Loggers:
+    """All the loggers of one run: `write_csv` / `write_json` write the folder's files and send their figures on."""
+
+    def __init__(self, cfg: DictConfig, command: str, data: dict, backends: list[Backend]):
+        self.cfg, self.command, self.data = cfg, command, data
+        self.live, self.failed, self.entries = list(backends), {}, {}
+        self.logged: dict[str, dict[str, int]] = {b.name: {} for b in backends}  # rows of each CSV already sent
+        self.summary: list[Point] = []
+        self.run_dir: Path | None = None
+        self.finished = False
+
+    def __bool__(self) -> bool:
+        return bool(self.live or self.failed)
+
+    def start(self, run_dir: Path | None, resumed: bool = False) -> Loggers:
+        """Open each logger's run for this folder; a resumed run goes on in the runs its folder records, and the
+        rows its CSVs already hold are sent to any logger that starts afresh."""
+        self.run_dir = run_dir
+        if not self.live:
+            return self
+        saved = self._record() if resumed else {}
+        info = RunInfo(self.command, self.cfg.task.name, run_dir.name if run_dir else time.strftime("%Y%m%d-%H%M%S"),
+                       run_dir, params(self.cfg), self._tags(), OmegaConf.to_yaml(self.cfg), dict(PARENT.get() or {}))
+        for b in list(self.live):
+            entry = self._call(b, "start", b.start, info, saved.get(b.name))
+            if entry is not None:
+                self.entries[b.name] = entry
+                if entry.get("continued"):  # its rows so far were sent by the run before the resume
+                    self.logged[b.name] = {n: len(df) for n, df in self._tables()}
+        self._save_record()
+        for name, df in self._tables() if resumed else []:
+            self.table(name, df)
+        return self
+
+    def write_csv(self, path: Path, df: pd.DataFrame) -> None:
+        """Write a CSV into the run folder, then send its new rows' figures (see series.TABLES)."""
+        write_csv(path, df)
+        self.table(Path(path).name, df)
+
+    def table(self, name: str, df: pd.DataFrame) -> None:
+        for b in list(self.live):
+            sent = self.logged[b.name]
+            batch = points(name, df, skip=sent.get(name, 0))
+            if batch:
+                self._call(b, f"logging {name}", b.log, batch)
+            sent[name] = len(df)
+
+    def write_json(self, path: Path, results: dict) -> None:
+        """Write summary.json; its figures are sent as summary/<key> when the run finishes."""
+        write_json(path, results)
+        self.summary = summary_points(results)
+
+    def finish(self, status: str = "FINISHED") -> dict:
+        """Send the folder's files, close every run with `status` (FINISHED, FAILED, KILLED); {logger: where}."""
+        if self.finished:
+            return self.report()
+        self.finished = True
+        files, checkpoints = self._files()
+        for b in list(self.live):
+            self._call(b, "sending the run folder's files", b.files, files, checkpoints)
+        for b in list(self.live):
+            self._call(b, "closing the run", b.finish, status, self.summary, params(self.cfg))
+        self._save_record()
+        for name, why in self.failed.items():
+            console.print(f"[yellow]{name} logging failed ({why}); the run folder {self.run_dir or ''} has every "
+                          f"figure: send it again with `l2l log {self.run_dir or 'RUN'} logger={name}`",
+                          highlight=False, soft_wrap=True)
+        return self.report()
+
+    def report(self) -> dict:
+        """{logger: where to look, or why it stopped}."""
+        return {**{b.name: self._where(b) for b in self.live},
+                **{name: f"failed: {why}" for name, why in self.failed.items()}}
+
+    @contextmanager
+    def nest(self):
+        """Runs started inside (the commands of `l2l experiment`) become children of this one's runs."""
+        token = PARENT.set({b.name: b.handle() for b in self.live})
+        try:
+            yield self
+        finally:
+            PARENT.reset(token)
+
+    def __enter__(self) -> Loggers:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if kind is None:
+            self.finish()
+        else:
+            self.finish("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
+
+    def _call(self, b: Backend, what: str, method, *args):
+        try:
+            return method(*args)
+        except Exception as e:  # a logger never costs the run: drop it, keep going, say so at the end
+            self.live.remove(b)
+            self.failed[b.name] = f"{what}: {one_line(e)[:200]}"
+            console.print(f"[yellow]{b.name} logging stopped ({self.failed[b.name]}); the run goes on, and its "
+                          "folder keeps every figure", highlight=False, soft_wrap=True)
+            return None
+
+    def _where(self, b: Backend) -> str:
+        try:
+            return b.where()
+        except Exception as e:  # only a description: never worth failing a finished run
+            return f"(unknown: {one_line(e)[:80]})"
+
+    def _tags(self) -> dict[str, str]:
+        tags = {"l2l.command": self.command, "l2l.task": self.cfg.task.name, "l2l.code_version": code_version(),
+                "l2l.run_dir": str(self.run_dir or "")}
+        return {**tags, **{f"data.{k}": str(v) for k, v in self.data.items()}}
+
+    def _tables(self):
+        for name in TABLES:
+            path = self.run_dir / name if self.run_dir else None
+            if path is not None and path.is_file():
+                yield name, pd.read_csv(path)
+
+    def _files(self) -> tuple[list[Path], list[Path]]:
+        if self.run_dir is None:
+            return [], []
+        files = sorted(p for pattern in ARTIFACTS for p in self.run_dir.glob(pattern) if p.name != RECORD)
+        return files, sorted(self.run_dir.glob("*.pt"))
+
+    def _record(self) -> dict:
+        path = self.run_dir / RECORD if self.run_dir else None
+        try:
+            return json.loads(path.read_text()) if path and path.is_file() else {}
+        except (OSError, ValueError):
+            return {}  # unreadable: each logger starts a new run
+
+    def _save_record(self) -> None:
+        if self.run_dir is not None and (self.entries or self.failed):
+            write_json(self.run_dir / RECORD, {**self.entries, "failed": self.failed})

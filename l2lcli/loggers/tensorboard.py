@@ -1,0 +1,71 @@
+"""logger=tensorboard: event files in each run folder (or under logger.tensorboard.dir), read by `tensorboard`."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from ..errors import L2LError
+from .base import Backend, RunInfo
+from .series import Point
+
+
+class TensorBoard(Backend):
+    name = "tensorboard"
+
+    def __init__(self, node: DictConfig):
+        if importlib.util.find_spec("tensorboard") is None:
+            raise L2LError("logger=tensorboard needs TensorBoard: pip install 'l2lcli[tensorboard]'")
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (a broken install fails here, not mid-run)
+
+        self.root, self.writer, self.dir = node.dir, None, None
+
+    def start(self, info: RunInfo, saved: dict | None) -> dict:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if info.run_dir is None:  # a parent run (l2l experiment): its children have folders and event files
+            return {}
+        # under one root, runs keep the folders' layout, so TensorBoard names each run as outputs/ does
+        self.dir = Path(self.root) / info.command / info.task / info.name if self.root else info.run_dir / "tensorboard"
+        self.writer = SummaryWriter(str(self.dir))
+        if not saved:
+            self.writer.add_text("config", f"```yaml\n{info.config_yaml}```", 0)
+            self.writer.add_text("run", "\n".join(f"- {k}: {v}" for k, v in info.tags.items()), 0)
+        return {"dir": str(self.dir), "continued": bool(saved)}
+
+    def log(self, batch: list[Point]) -> None:
+        if self.writer is None:
+            return
+        for p in batch:
+            self.writer.add_scalar(p.key, p.value, p.step)
+        self.writer.flush()  # an epoch's figures are on disk when the epoch is
+
+    def files(self, paths: list[Path], checkpoints: list[Path]) -> None:
+        if self.writer is None:
+            return
+        import matplotlib.image
+
+        for path in paths:
+            if path.suffix == ".png":
+                image = matplotlib.image.imread(path)[..., :3]  # RGBA floats in [0, 1]
+                self.writer.add_image(path.stem, image, 0, dataformats="HWC")
+
+    def finish(self, status: str, summary: list[Point], params: dict) -> None:
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        self.log(summary)
+        # the config in the HParams tab, beside the summary figures, in this run's own event file
+        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+        for event in hparams(values, {p.key: p.value for p in summary}):
+            self.writer.file_writer.add_summary(event)
+        self.writer.add_text("status", status, 0)
+        self.writer.close()
+
+    def where(self) -> str:
+        if self.dir is None:
+            return "the child runs' folders"
+        return f"{self.dir} (tensorboard --logdir {self.root or self.dir.parent.parent.parent.parent})"
