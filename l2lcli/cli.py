@@ -7,6 +7,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import GROUPS, compose, group_choices
@@ -28,7 +29,7 @@ err = Console(stderr=True)
 
 def _fail(e: L2LError):
     """The one error path: a message on one line on stderr, exit code 2."""
-    err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # [mlflow] is not markup
     raise typer.Exit(2) from None
 
 
@@ -67,7 +68,7 @@ def _print_meta_train(r: dict) -> None:
 def _print_loggers(r: dict) -> None:
     """Where each logger chosen with logger= sent the run (or why it stopped)."""
     for name, where in (r.get("loggers") or {}).items():
-        out.print(f"  {name}: {where}", highlight=False, soft_wrap=True)
+        out.print(f"  {name}: {escape(where)}", highlight=False, soft_wrap=True)
 
 
 def _data(r: dict) -> str:
@@ -160,6 +161,24 @@ def generalize(overrides: list[str] | None = OVERRIDES,
     _table(t[cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
     out.print(f"generalize -> {r['run_dir']}")
     _print_loggers(r)
+
+
+@app.command(context_settings=EXTRA, short_help="Send a run folder to TensorBoard / MLflow.",
+             help="Send a run folder that exists (its CSVs' figures, summary, config and files) to the loggers "
+                  "chosen with logger=tensorboard | mlflow | many: runs made without them, or whose tracking server "
+                  "went away mid-run. The run's own config is used; only logger.* (and out_dir) come from here.")
+def log(run: str = typer.Argument(..., help="A run folder under outputs/<command>/<task>/."),
+        overrides: list[str] | None = OVERRIDES):
+    from .commands import log as log_command
+
+    try:
+        r = log_command.run(compose(list(overrides or [])), run, any(o.startswith("out_dir=") for o in overrides or []))
+    except L2LError as e:
+        _fail(e)
+    out.print(f"log: {r['sent_as']} run {r['run_dir']} sent" + ("" if r["finished"] else " (it never finished)"))
+    _print_loggers(r)
+    if any(v.startswith("failed") for v in r["loggers"].values()):
+        raise typer.Exit(1)
 
 
 @data_app.command("download", context_settings=EXTRA,

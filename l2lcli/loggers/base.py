@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import one_line
 from ..runs import code_version, write_csv, write_json
@@ -60,6 +61,10 @@ class Backend:
     def finish(self, status: str, summary: list[Point], params: dict) -> None:
         raise NotImplementedError
 
+    def why(self, e: BaseException) -> str:
+        """A failure's cause, short."""
+        return one_line(e)[:200]
+
     def handle(self) -> dict:
         """What a child run needs to nest under this one."""
         return {}
@@ -98,9 +103,18 @@ class Loggers:
                 if entry.get("continued"):  # its rows so far were sent by the run before the resume
                     self.logged[b.name] = {n: len(df) for n, df in self._tables()}
         self._save_record()
-        for name, df in self._tables() if resumed else []:
-            self.table(name, df)
+        if resumed:
+            self.send_folder()
         return self
+
+    def send_folder(self) -> None:
+        """Send the figures of every CSV the folder holds (the rows each logger has not had) and of its summary.json
+        (sent at the finish): a resumed run's first epochs, or a whole finished run (`l2l log`)."""
+        for name, df in self._tables():
+            self.table(name, df)
+        summary = self.run_dir / "summary.json" if self.run_dir else None
+        if summary is not None and summary.is_file():
+            self.summary = summary_points(json.loads(summary.read_text()))
 
     def write_csv(self, path: Path, df: pd.DataFrame) -> None:
         """Write a CSV into the run folder, then send its new rows' figures (see series.TABLES)."""
@@ -132,9 +146,9 @@ class Loggers:
             self._call(b, "closing the run", b.finish, status, self.summary, params(self.cfg))
         self._save_record()
         for name, why in self.failed.items():
-            console.print(f"[yellow]{name} logging failed ({why}); the run folder {self.run_dir or ''} has every "
-                          f"figure: send it again with `l2l log {self.run_dir or 'RUN'} logger={name}`",
-                          highlight=False, soft_wrap=True)
+            console.print(escape(f"{name} logging failed ({why}); the run folder {self.run_dir or ''} has every "
+                                 f"figure: send it again with `l2l log {self.run_dir or 'RUN'} logger={name}`"),
+                          style="yellow", highlight=False, soft_wrap=True)
         return self.report()
 
     def report(self) -> dict:
@@ -165,9 +179,9 @@ class Loggers:
             return method(*args)
         except Exception as e:  # a logger never costs the run: drop it, keep going, say so at the end
             self.live.remove(b)
-            self.failed[b.name] = f"{what}: {one_line(e)[:200]}"
-            console.print(f"[yellow]{b.name} logging stopped ({self.failed[b.name]}); the run goes on, and its "
-                          "folder keeps every figure", highlight=False, soft_wrap=True)
+            self.failed[b.name] = f"{what}: {b.why(e)}"
+            console.print(escape(f"{b.name} logging stopped ({self.failed[b.name]}); the run goes on, and its "
+                                 "folder keeps every figure"), style="yellow", highlight=False, soft_wrap=True)
             return None
 
     def _where(self, b: Backend) -> str:

@@ -17,6 +17,14 @@ from .base import PARENT, Backend, RunInfo
 from .series import Point, text
 
 BATCH_METRICS, BATCH_PARAMS, PARAM_LENGTH = 1000, 100, 6000  # MLflow's limits per log_batch call and per value
+# what the first line of MLflow's message buries under "API request to ... failed with exception HTTPConnectionPool..."
+CAUSES = ("Connection refused", "Name or service not known", "Temporary failure in name resolution", "timed out",
+          "No route to host")
+
+
+def why(e: BaseException) -> str:
+    """The cause of a failed MLflow call, short."""
+    return next((c.lower() for c in CAUSES if c in str(e)), one_line(e)[:160])
 
 
 class MLflow(Backend):
@@ -49,7 +57,7 @@ class MLflow(Backend):
         except L2LError:
             raise
         except Exception as e:  # whatever MLflow raises for a store it cannot reach or read
-            raise L2LError(f"MLflow tracking at '{self.uri}' cannot be reached ({one_line(e)[:160]}): start the "
+            raise L2LError(f"MLflow tracking at '{self.uri}' cannot be reached ({why(e)}): start the "
                            "server, fix logger.mlflow.tracking_uri (or $MLFLOW_TRACKING_URI), or drop logger=mlflow"
                            ) from None
 
@@ -126,6 +134,9 @@ class MLflow(Backend):
     def finish(self, status: str, summary: list[Point], params: dict) -> None:
         self.log(summary)
         self.client.set_terminated(self.run_id, status)
+
+    def why(self, e: BaseException) -> str:
+        return why(e)
 
     def handle(self) -> dict:
         return {"experiment": self.experiment, "experiment_id": self.experiment_id, "run_id": self.run_id}
