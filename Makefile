@@ -27,18 +27,19 @@ test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
 # Every command on every task (conf/task/*.yaml) through the installed `l2l`, in a fresh folder, at recipe=smoke's
-# tiny sizes: meta-train -> evaluate --checkpoint -> sweep-baselines -> evaluate --checkpoint --baselines.
+# tiny sizes: meta-train -> evaluate --checkpoint -> sweep-baselines -> evaluate --checkpoint --baselines (the first
+# and last with logger=many: TensorBoard and MLflow).
 TASKS := $(basename $(notdir $(wildcard conf/task/*.yaml)))
 smoke: install
 	@set -e; l2l=$(abspath $(L2L)); dir=$$(mktemp -d); cd $$dir; \
 	for task in $(TASKS); do \
 	  echo "smoke: $$task"; \
-	  $$l2l meta-train task=$$task recipe=smoke out_dir=out; \
+	  $$l2l meta-train task=$$task recipe=smoke out_dir=out logger=many; \
 	  run=$$(ls -d out/meta-train/$$task/*); \
 	  $$l2l evaluate --checkpoint $$run out_dir=out; \
 	  $$l2l sweep-baselines task=$$task recipe=smoke out_dir=out; \
 	  sweep=$$(ls -d out/sweep-baselines/$$task/*); \
-	  $$l2l evaluate --checkpoint $$run --baselines $$sweep out_dir=out; \
+	  $$l2l evaluate --checkpoint $$run --baselines $$sweep out_dir=out logger=many; \
 	done; \
 	echo "smoke: meta-train, evaluate, sweep-baselines, evaluate --baselines passed on $(TASKS) (runs in $$dir)"
 
@@ -47,6 +48,7 @@ run: install
 
 bench: install
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/loggers.py
 
 lint: install
 	$(VENV)/bin/ruff check l2lcli tests benchmarks

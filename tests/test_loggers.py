@@ -277,3 +277,15 @@ def test_a_real_tracking_server_gets_the_run_and_its_loss_mid_run_is_survived(tm
         assert len(pd.read_csv(Path(r["run_dir"]) / "train_log.csv")) == 2 and Path(r["run_dir"], "best.pt").is_file()
     finally:
         server.kill()
+
+
+def test_the_logger_benchmark_times_every_stage_of_every_choice(tmp_path, capsys):
+    path = Path(__file__).parents[1] / "benchmarks" / "loggers.py"
+    spec = importlib.util.spec_from_file_location("bench_loggers", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    times = bench.one_run("many", str(tmp_path))
+    assert set(times) == {"open (ms)", "epoch row (ms)", "curves, 505 rows (ms)", "finish (ms)"}
+    assert all(t > 0 for t in times.values())
+    run = next((tmp_path / "evaluate").glob("*/*"))
+    assert len(scalars(run / "tensorboard")["curve/adam/mean_loss"]) == 101  # what it timed was really sent
