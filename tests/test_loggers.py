@@ -289,3 +289,15 @@ def test_the_logger_benchmark_times_every_stage_of_every_choice(tmp_path, capsys
     assert all(t > 0 for t in times.values())
     run = next((tmp_path / "evaluate").glob("*/*"))
     assert len(scalars(run / "tensorboard")["curve/adam/mean_loss"]) == 101  # what it timed was really sent
+
+
+def test_series_names_steps_and_the_rows_already_sent():
+    from l2lcli.loggers.series import points
+
+    table = pd.DataFrame({"variant": ["hidden=40", "classes=null"], "ratio": [0.5, math.inf],
+                          "learned_final_loss": [1.0, 2.0], "verdict": ["learned better", "baseline better"]})
+    assert points("generalize.csv", table) == [("generalize/hidden:40/learned_final_loss", 1.0, 0),
+                                               ("generalize/hidden:40/ratio", 0.5, 0),
+                                               ("generalize/classes:null/learned_final_loss", 2.0, 0)]
+    assert points("generalize.csv", table, skip=1) == [("generalize/classes:null/learned_final_loss", 2.0, 0)]
+    assert points("finals.csv", table) == []  # per-problem tables stay artifacts

@@ -192,7 +192,7 @@ class Loggers:
 
     def _tags(self) -> dict[str, str]:
         tags = {"l2l.command": self.command, "l2l.task": self.cfg.task.name, "l2l.code_version": code_version(),
-                "l2l.run_dir": str(self.run_dir or "")}
+                "l2l.run_dir": str(self.run_dir.resolve()) if self.run_dir else ""}
         return {**tags, **{f"data.{k}": str(v) for k, v in self.data.items()}}
 
     def _tables(self):
