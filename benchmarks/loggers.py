@@ -33,13 +33,13 @@ def one_run(choice: str, out: str) -> dict[str, float]:
     cfg = compose([f"logger={choice}", f"out_dir={out}"])
     log = open_loggers(cfg, "evaluate", {"source": "generated"})
     log.start(new_run_dir(cfg, "evaluate"))
-    times["open (ms)"], t = time.perf_counter() - t, time.perf_counter()
+    times["open"], t = time.perf_counter() - t, time.perf_counter()
     log.write_csv(log.run_dir / "train_log.csv", pd.DataFrame([EPOCH]))
-    times["epoch row (ms)"], t = time.perf_counter() - t, time.perf_counter()
+    times["epoch row"], t = time.perf_counter() - t, time.perf_counter()
     log.write_csv(log.run_dir / "curves.csv", CURVES)
-    times["curves, 505 rows (ms)"], t = time.perf_counter() - t, time.perf_counter()
+    times["curves, 505 rows"], t = time.perf_counter() - t, time.perf_counter()
     log.finish()
-    times["finish (ms)"] = time.perf_counter() - t
+    times["finish"] = time.perf_counter() - t
     return times
 
 
@@ -53,7 +53,7 @@ def main() -> None:
     for choice in ("csv", "tensorboard", "mlflow", "many"):
         one_run(choice, out)  # warm-up: imports, the SQLite store's tables
         runs = [one_run(choice, out) for _ in range(args.repeats)]
-        rows.append({"logger": choice, **{k: 1e3 * statistics.median(r[k] for r in runs) for k in runs[0]}})
+        rows.append({"logger": choice, **{f"{k} (ms)": 1e3 * statistics.median(r[k] for r in runs) for k in runs[0]}})
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     print(f"median of {args.repeats} runs each, under {out}")
 

@@ -139,6 +139,9 @@ def experiment(overrides: list[str] | None = OVERRIDES):
     _print_meta_train(r["meta-train"])  # exits 130 if meta-training was interrupted
     _print_sweep(r["sweep-baselines"])
     _print_evaluate(r["evaluate"])
+    if r.get("loggers"):
+        out.print("the job as one parent run:")
+        _print_loggers(r)
 
 
 @app.command(context_settings=EXTRA, short_help="A trained optimizer on task variants (paper Figures 5-8).",
@@ -175,7 +178,8 @@ def log(run: str = typer.Argument(..., help="A run folder under outputs/<command
         r = log_command.run(compose(list(overrides or [])), run, any(o.startswith("out_dir=") for o in overrides or []))
     except L2LError as e:
         _fail(e)
-    out.print(f"log: {r['sent_as']} run {r['run_dir']} sent" + ("" if r["finished"] else " (it never finished)"))
+    ended = "" if r["finished"] else " (it never finished)"
+    out.print(escape(f"log: {r['sent_as']} run {r['run_dir']} sent{ended}"), highlight=False, soft_wrap=True)
     _print_loggers(r)
     if any(v.startswith("failed") for v in r["loggers"].values()):
         raise typer.Exit(1)

@@ -45,6 +45,14 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
     for o in overrides:
         if "=" not in o and not o.startswith("~"):
             raise L2LError(f"malformed override '{o}': write key=value, e.g. task=quadratic or train.unroll=20")
+    try:
+        sweeps = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
+    except HydraException as e:
+        raise L2LError(f"bad override: {one_line(e)}") from None
+    if sweeps:
+        raise L2LError(f"{' '.join(sweeps)} is a sweep: add -m to run one job per value (l2l COMMAND -m "
+                       f"{' '.join(sweeps)} ...)")
+    for o in overrides:
         key, _, value = o.partition("=")
         key = key.lstrip("+~")
         many = key in MANY and value.startswith("[") and value.endswith("]")
@@ -53,8 +61,7 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
                 raise L2LError(f"unknown {key} '{choice.strip()}': choose one of {', '.join(group_choices(key))}"
                                + (" (or a list: logger=[tensorboard,mlflow])" if key in MANY else ""))
     try:
-        if inherit is not None:
-            overrides = _inherited(inherit, overrides, groups, source) + overrides
+        overrides = with_inherited(overrides, inherit, groups, source) if inherit is not None else overrides
         with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
             cfg = hydra_compose(config_name="config", overrides=overrides)
         OmegaConf.resolve(cfg)
@@ -67,6 +74,14 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
         raise L2LError(f"bad override: {msg}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg
+
+
+def with_inherited(overrides: list[str], saved: DictConfig, groups: tuple[str, ...], source: str) -> list[str]:
+    """The overrides that restore `groups` of a config saved in `source`, then `overrides` (see compose)."""
+    try:
+        return _inherited(saved, overrides, groups, source) + list(overrides)
+    except HydraException as e:
+        raise L2LError(f"bad override: {one_line(e)}") from None
 
 
 def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...], source: str) -> list[str]:
@@ -82,18 +97,18 @@ def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...],
     restored = (*groups, "recipe") if "task" in groups else groups
     choices = [f"{g}={saved[g].name}" for g in restored if g in saved and g not in given]
     # nulls too: a null saved where the current recipe has a value (groups) must stay null for the weights to fit
-    keys = [f"{g}.{k}={_override_value(v)}" for g in groups for k, v in saved[g].items()
+    keys = [f"{g}.{k}={quoted(v)}" for g in groups for k, v in saved[g].items()
             if f"{g}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")]
     return choices + keys
 
 
-def _override_value(v) -> str:
+def quoted(v) -> str:
     """A saved config value in Hydra's override grammar: {name:['prefix',...]}, not Python's repr of a dict or list,
     which Hydra cannot parse."""
     if OmegaConf.is_dict(v):
-        return "{" + ",".join(f"{k}:{_override_value(x)}" for k, x in v.items()) + "}"
+        return "{" + ",".join(f"{k}:{quoted(x)}" for k, x in v.items()) + "}"
     if OmegaConf.is_list(v):
-        return "[" + ",".join(_override_value(x) for x in v) + "]"
+        return "[" + ",".join(quoted(x) for x in v) + "]"
     if v is None:
         return "null"
     if isinstance(v, str):  # quoted: a saved path may hold characters Hydra's grammar does not take bare (~, é, ' ')

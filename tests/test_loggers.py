@@ -82,7 +82,8 @@ def test_tensorboard_shows_evaluate_curves_and_its_pngs(job):
     run = Path(r["evaluate"]["run_dir"])
     curves, tb = pd.read_csv(run / "curves.csv"), scalars(run / "tensorboard")
     for name, c in curves.groupby("optimizer"):
-        assert [v for _, v in tb[f"curve/{name}/mean_loss"]] == pytest.approx(c["mean_loss"].tolist(), rel=1e-6)
+        steps, values = zip(*tb[f"curve/{name}/mean_loss"], strict=True)
+        assert list(steps) == c["step"].tolist() and values == pytest.approx(c["mean_loss"].tolist(), rel=1e-6)
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
     acc.Reload()
     assert "curves" in acc.Tags()["images"]
@@ -199,12 +200,17 @@ def test_a_logger_that_fails_mid_run_costs_nothing_and_the_folder_can_be_sent_ag
     assert len(log) == 3 and (run / "best.pt").is_file()  # nothing of the run is lost
     assert [s for s, _ in scalars(run / "tensorboard")["train/val_loss"]] == [1, 2, 3]  # TensorBoard went on
     assert json.loads((run / "loggers.json").read_text())["failed"]["mlflow"].startswith("logging train_log.csv")
+    client, dropped = store(Path(cfg.out_dir)), mlflow_run(run)
+    assert client.get_run(dropped).info.status == "FAILED"  # closed when it was dropped, not left RUNNING
+    assert history(client, dropped, "train/val_loss") == [(1, log["val_loss"][0])]
     monkeypatch.setattr(mlflow_logger.MLflow, "log", real)
     sent = log_command.run(compose([f"out_dir={cfg.out_dir}", "logger=mlflow"]), str(run), out_dir_given=True)
-    client = store(Path(cfg.out_dir))
-    assert history(client, mlflow_run(run), "train/val_loss") == list(zip(log["epoch"], log["val_loss"], strict=True))
-    assert client.get_run(mlflow_run(run)).data.metrics["summary/best_epoch"] == r["best_epoch"]
+    assert mlflow_run(run) == dropped  # the same MLflow run gets the rows it lacked, each once
+    assert history(client, dropped, "train/val_loss") == list(zip(log["epoch"], log["val_loss"], strict=True))
+    assert client.get_run(dropped).data.metrics["summary/best_epoch"] == r["best_epoch"]
+    assert client.get_run(dropped).info.status == "FINISHED"
     assert sent["sent_as"] == "meta-train" and sent["finished"]
+    assert "tensorboard" in json.loads((run / "loggers.json").read_text())  # the other logger's entry is kept
 
 
 def test_a_resumed_run_goes_on_in_the_same_mlflow_run_and_event_files(make_cfg, monkeypatch):
@@ -234,7 +240,10 @@ def test_log_refuses_what_it_cannot_send(tmp_path, make_cfg):
     run = train.run(make_cfg("logger=tensorboard"))["run_dir"]
     with pytest.raises(L2LError, match="choose where to send"):
         log_command.run(compose([]), run)
-    with pytest.raises(L2LError, match="already sent to TensorBoard"):
+    log_command.run(compose(["logger=tensorboard"]), run)  # up to date already: nothing is sent twice
+    assert [s for s, _ in scalars(Path(run) / "tensorboard")["train/val_loss"]] == [1, 2]
+    (Path(run) / "loggers.json").unlink()  # event files it cannot account for
+    with pytest.raises(L2LError, match="does not account for"):
         log_command.run(compose(["logger=tensorboard"]), run)
     with pytest.raises(L2LError, match="not a run folder"):
         log_command.run(compose(["logger=mlflow"]), str(tmp_path))
@@ -255,8 +264,11 @@ def test_a_real_tracking_server_gets_the_run_and_its_loss_mid_run_is_survived(tm
             try:
                 client.search_experiments(max_results=1)
                 break
-            except Exception:
+            except Exception:  # not up yet
+                assert server.poll() is None, "mlflow server exited"
                 time.sleep(0.2)
+        else:
+            pytest.fail("mlflow server did not come up in 60 s")
         r = train.run(make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"))
         log = pd.read_csv(Path(r["run_dir"]) / "train_log.csv")
         run_id = mlflow_run(r["run_dir"])
@@ -285,7 +297,7 @@ def test_the_logger_benchmark_times_every_stage_of_every_choice(tmp_path, capsys
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     times = bench.one_run("many", str(tmp_path))
-    assert set(times) == {"open (ms)", "epoch row (ms)", "curves, 505 rows (ms)", "finish (ms)"}
+    assert set(times) == {"open", "epoch row", "curves, 505 rows", "finish"}
     assert all(t > 0 for t in times.values())
     run = next((tmp_path / "evaluate").glob("*/*"))
     assert len(scalars(run / "tensorboard")["curve/adam/mean_loss"]) == 101  # what it timed was really sent
@@ -301,3 +313,18 @@ def test_series_names_steps_and_the_rows_already_sent():
                                                ("generalize/classes:null/learned_final_loss", 2.0, 0)]
     assert points("generalize.csv", table, skip=1) == [("generalize/classes:null/learned_final_loss", 2.0, 0)]
     assert points("finals.csv", table) == []  # per-problem tables stay artifacts
+
+
+def test_a_run_that_fails_is_marked_failed_and_its_event_files_closed(make_cfg, monkeypatch):
+    def broken(*args):
+        raise L2LError("validation problems went away")
+
+    monkeypatch.setattr(train, "validate", broken)
+    cfg = make_cfg("logger=many")
+    with pytest.raises(L2LError, match="went away"):
+        train.run(cfg)
+    [run] = (Path(cfg.out_dir) / "meta-train" / "quadratic").iterdir()
+    assert store(Path(cfg.out_dir)).get_run(mlflow_run(run)).info.status == "FAILED"
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "status/text_summary" in acc.Tags()["tensors"]  # finish ran: the writer was flushed and closed

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from ..config import build, check, compose, is_learned
+from ..config import build, check, compose, is_learned, quoted, with_inherited
 from ..device import resolve_device
 from ..errors import L2LError
 from ..loggers import Loggers, open_loggers
@@ -16,15 +16,23 @@ from ..runs import load_checkpoint, new_run_dir, rule_from
 from ..tasks.base import ProblemBatch, TaskFamily
 
 
+def command_overrides(overrides: list[str], checkpoint: str | None = None, init_from: str | None = None,
+                      **keys) -> list[str]:
+    """The overrides of one command: a checkpoint to evaluate (eval.checkpoint) brings its task, optimizer and
+    recipe; one to fine-tune from (train.init_from) brings its optimizer; `keys` are set last (e.g. eval.baselines).
+    Sweeps (seed=0,1) stay as they are, for a multirun to expand."""
+    keys = {**keys, "eval.checkpoint": checkpoint, "train.init_from": init_from}
+    overrides = list(overrides) + [f"{k}={quoted(v)}" for k, v in keys.items() if v is not None]
+    source, groups = (checkpoint, ("task", "optimizer")) if checkpoint else (init_from, ("optimizer",))
+    if not source:
+        return overrides
+    return with_inherited(overrides, load_checkpoint(source)["config"], groups, f"checkpoint '{source}'")
+
+
 def compose_for(overrides: list[str], checkpoint: str | None = None, init_from: str | None = None,
                 **keys) -> DictConfig:
-    """The config of one command: a checkpoint to evaluate (eval.checkpoint) brings its task, optimizer and recipe;
-    one to fine-tune from (train.init_from) brings its optimizer; `keys` are set last (e.g. eval.baselines)."""
-    keys = {**keys, "eval.checkpoint": checkpoint, "train.init_from": init_from}
-    overrides = list(overrides) + [f"{k}={v}" for k, v in keys.items() if v is not None]
-    source, groups = (checkpoint, ("task", "optimizer")) if checkpoint else (init_from, ("optimizer",))
-    saved = load_checkpoint(source)["config"] if source else None
-    return compose(overrides, inherit=saved, groups=groups, source=f"checkpoint '{source}'")
+    """The config of one command (see command_overrides)."""
+    return compose(command_overrides(overrides, checkpoint, init_from, **keys))
 
 
 @dataclass

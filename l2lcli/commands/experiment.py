@@ -26,5 +26,5 @@ def run(cfg: DictConfig) -> dict:
         with open_dict(evaluation):
             evaluation.eval.checkpoint, evaluation.eval.baselines = trained["checkpoint"], swept["run_dir"]
         evaluated = evaluate.run(evaluation)
-        parent.table("summary.csv", evaluated["table"])  # the job's headline figures on the parent run too
-    return {"meta-train": trained, "sweep-baselines": swept, "evaluate": evaluated}
+        parent.send_table("summary.csv", evaluated["table"])  # the job's headline figures on the parent run too
+    return {"meta-train": trained, "sweep-baselines": swept, "evaluate": evaluated, "loggers": parent.report()}

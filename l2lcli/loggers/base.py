@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import one_line
+from ..errors import L2LError, one_line
 from ..runs import code_version, write_csv, write_json
 from .series import TABLES, Point, params, points, summary_points
 
@@ -61,6 +61,9 @@ class Backend:
     def finish(self, status: str, summary: list[Point], params: dict) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Best effort, after a failure: release files, mark the run failed where that still works."""
+
     def why(self, e: BaseException) -> str:
         """A failure's cause, short."""
         return one_line(e)[:200]
@@ -74,60 +77,60 @@ class Backend:
 
 
 class Loggers:
-    """All the loggers of one run: `write_csv` / `write_json` write the folder's files and send their figures on."""
+    """All the loggers of one run: `write_csv` / `write_json` write the folder's files and send their figures on.
 
-    def __init__(self, cfg: DictConfig, command: str, data: dict, backends: list[Backend]):
+    How many rows of each CSV each logger has had is kept in the folder's loggers.json, so a resumed run, or
+    `l2l log` after a server outage, sends each logger exactly the rows it lacks.
+    """
+
+    def __init__(self, cfg: DictConfig, command: str, data: dict, backends: list[Backend],
+                 failed: dict[str, str] | None = None):
         self.cfg, self.command, self.data = cfg, command, data
-        self.live, self.failed, self.entries = list(backends), {}, {}
-        self.logged: dict[str, dict[str, int]] = {b.name: {} for b in backends}  # rows of each CSV already sent
+        self.live, self.failed, self.entries = list(backends), dict(failed or {}), {}
         self.summary: list[Point] = []
         self.run_dir: Path | None = None
         self.finished = False
 
-    def __bool__(self) -> bool:
-        return bool(self.live or self.failed)
-
     def start(self, run_dir: Path | None, resumed: bool = False) -> Loggers:
-        """Open each logger's run for this folder; a resumed run goes on in the runs its folder records, and the
-        rows its CSVs already hold are sent to any logger that starts afresh."""
+        """Open each logger's run for this folder. `resumed`: go on in the runs the folder's loggers.json records
+        (a logger that cannot starts a new run) and send each logger the rows it has not had."""
         self.run_dir = run_dir
-        if not self.live:
-            return self
         saved = self._record() if resumed else {}
+        self.entries = {k: v for k, v in saved.items() if k != "failed"}  # other loggers' entries are kept
         info = RunInfo(self.command, self.cfg.task.name, run_dir.name if run_dir else time.strftime("%Y%m%d-%H%M%S"),
                        run_dir, params(self.cfg), self._tags(), OmegaConf.to_yaml(self.cfg), dict(PARENT.get() or {}))
         for b in list(self.live):
-            entry = self._call(b, "start", b.start, info, saved.get(b.name))
+            entry = self._call(b, "start", "start", info, saved.get(b.name))
             if entry is not None:
-                self.entries[b.name] = entry
-                if entry.get("continued"):  # its rows so far were sent by the run before the resume
-                    self.logged[b.name] = {n: len(df) for n, df in self._tables()}
+                sent = saved.get(b.name, {}).get("sent", {}) if entry.get("continued") else {}
+                self.entries[b.name] = {**entry, "sent": dict(sent)}
         self._save_record()
         if resumed:
             self.send_folder()
         return self
 
     def send_folder(self) -> None:
-        """Send the figures of every CSV the folder holds (the rows each logger has not had) and of its summary.json
-        (sent at the finish): a resumed run's first epochs, or a whole finished run (`l2l log`)."""
+        """Send every CSV the folder holds (the rows each logger has not had); summary.json's figures go at the
+        finish: a resumed run's first epochs, or a whole run (`l2l log`)."""
         for name, df in self._tables():
-            self.table(name, df)
+            self.send_table(name, df)
         summary = self.run_dir / "summary.json" if self.run_dir else None
         if summary is not None and summary.is_file():
-            self.summary = summary_points(json.loads(summary.read_text()))
+            self.summary = summary_points(read_json(summary))
 
     def write_csv(self, path: Path, df: pd.DataFrame) -> None:
         """Write a CSV into the run folder, then send its new rows' figures (see series.TABLES)."""
         write_csv(path, df)
-        self.table(Path(path).name, df)
+        self.send_table(Path(path).name, df)
 
-    def table(self, name: str, df: pd.DataFrame) -> None:
+    def send_table(self, name: str, df: pd.DataFrame) -> None:
+        """Send the rows of table `name` that each logger has not had."""
         for b in list(self.live):
-            sent = self.logged[b.name]
+            sent = self.entries.setdefault(b.name, {}).setdefault("sent", {})
             batch = points(name, df, skip=sent.get(name, 0))
-            if batch:
-                self._call(b, f"logging {name}", b.log, batch)
-            sent[name] = len(df)
+            if not batch or self._call(b, f"logging {name}", "log", batch) is not False:
+                sent[name] = len(df)
+        self._save_record()
 
     def write_json(self, path: Path, results: dict) -> None:
         """Write summary.json; its figures are sent as summary/<key> when the run finishes."""
@@ -141,13 +144,13 @@ class Loggers:
         self.finished = True
         files, checkpoints = self._files()
         for b in list(self.live):
-            self._call(b, "sending the run folder's files", b.files, files, checkpoints)
+            self._call(b, "sending the run folder's files", "files", files, checkpoints)
         for b in list(self.live):
-            self._call(b, "closing the run", b.finish, status, self.summary, params(self.cfg))
+            self._call(b, "closing the run", "finish", status, self.summary, params(self.cfg))
         self._save_record()
         for name, why in self.failed.items():
             console.print(escape(f"{name} logging failed ({why}); the run folder {self.run_dir or ''} has every "
-                                 f"figure: send it again with `l2l log {self.run_dir or 'RUN'} logger={name}`"),
+                                 f"figure: send it with `l2l log {self.run_dir or 'RUN'} logger={name}`"),
                           style="yellow", highlight=False, soft_wrap=True)
         return self.report()
 
@@ -174,15 +177,21 @@ class Loggers:
         else:
             self.finish("KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
 
-    def _call(self, b: Backend, what: str, method, *args):
+    def _call(self, b: Backend, what: str, method: str, *args):
+        """b.method(*args); False if it failed (the logger is then dropped, its run closed as FAILED if it can be)."""
         try:
-            return method(*args)
+            return getattr(b, method)(*args)
         except Exception as e:  # a logger never costs the run: drop it, keep going, say so at the end
             self.live.remove(b)
             self.failed[b.name] = f"{what}: {b.why(e)}"
+            self._save_record()
             console.print(escape(f"{b.name} logging stopped ({self.failed[b.name]}); the run goes on, and its "
                                  "folder keeps every figure"), style="yellow", highlight=False, soft_wrap=True)
-            return None
+            try:
+                b.close()
+            except Exception:  # noqa: S110  (the server that failed may be gone: closing is best effort)
+                pass
+            return False
 
     def _where(self, b: Backend) -> str:
         try:
@@ -199,7 +208,10 @@ class Loggers:
         for name in TABLES:
             path = self.run_dir / name if self.run_dir else None
             if path is not None and path.is_file():
-                yield name, pd.read_csv(path)
+                try:
+                    yield name, pd.read_csv(path)
+                except (ValueError, OSError) as e:  # pandas' parser errors are ValueErrors
+                    raise L2LError(f"cannot read '{path}' ({one_line(e)[:100]}): restore it or remove it") from None
 
     def _files(self) -> tuple[list[Path], list[Path]]:
         if self.run_dir is None:
@@ -210,10 +222,18 @@ class Loggers:
     def _record(self) -> dict:
         path = self.run_dir / RECORD if self.run_dir else None
         try:
-            return json.loads(path.read_text()) if path and path.is_file() else {}
-        except (OSError, ValueError):
-            return {}  # unreadable: each logger starts a new run
+            return read_json(path) if path and path.is_file() else {}
+        except L2LError:
+            return {}  # unreadable: each logger starts a new run and is sent every row
 
     def _save_record(self) -> None:
         if self.run_dir is not None and (self.entries or self.failed):
             write_json(self.run_dir / RECORD, {**self.entries, "failed": self.failed})
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file of the run folder; an unreadable one is one line."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise L2LError(f"cannot read '{path}' ({one_line(e)[:100]}): restore it or remove it") from None

@@ -35,7 +35,11 @@ class MLflow(Backend):
         the command before any work."""
         if importlib.util.find_spec("mlflow") is None:
             raise L2LError("logger=mlflow needs MLflow: pip install 'l2lcli[mlflow]'")
-        from mlflow import MlflowClient
+        try:
+            from mlflow import MlflowClient
+        except Exception as e:  # a broken install: one line now, not a traceback
+            raise L2LError(f"logger=mlflow cannot load MLflow ({one_line(e)[:120]}): pip install --upgrade "
+                           "'l2lcli[mlflow]'") from None
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # not "Creating initial MLflow database tables..."
         # MLflow reads these on each request; its defaults (7 retries with back-off, 120 s) make a lost server
@@ -135,8 +139,11 @@ class MLflow(Backend):
         self.log(summary)
         self.client.set_terminated(self.run_id, status)
 
-    def why(self, e: BaseException) -> str:
-        return why(e)
+    why = staticmethod(why)
+
+    def close(self) -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, "FAILED")
 
     def handle(self) -> dict:
         return {"experiment": self.experiment, "experiment_id": self.experiment_id, "run_id": self.run_id}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..errors import L2LError
+from ..errors import L2LError, one_line
 from .base import Backend, RunInfo
 from .series import Point
 
@@ -18,7 +18,11 @@ class TensorBoard(Backend):
     def __init__(self, node: DictConfig):
         if importlib.util.find_spec("tensorboard") is None:
             raise L2LError("logger=tensorboard needs TensorBoard: pip install 'l2lcli[tensorboard]'")
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401  (a broken install fails here, not mid-run)
+        try:  # a broken install fails here, before any work, not mid-run
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except Exception as e:  # ImportError, or protobuf's errors on a mismatched version
+            raise L2LError(f"logger=tensorboard cannot load TensorBoard ({one_line(e)[:120]}): pip install "
+                           "--upgrade 'l2lcli[tensorboard]'") from None
 
         self.root, self.writer, self.dir = node.dir, None, None
 
@@ -29,11 +33,12 @@ class TensorBoard(Backend):
             return {}
         # under one root, runs keep the folders' layout, so TensorBoard names each run as outputs/ does
         self.dir = Path(self.root) / info.command / info.task / info.name if self.root else info.run_dir / "tensorboard"
+        continued = bool(saved) and saved.get("dir") == str(self.dir)
         self.writer = SummaryWriter(str(self.dir))
-        if not saved:
+        if not continued:
             self.writer.add_text("config", f"```yaml\n{info.config_yaml}```", 0)
             self.writer.add_text("run", "\n".join(f"- {k}: {v}" for k, v in info.tags.items()), 0)
-        return {"dir": str(self.dir), "continued": bool(saved)}
+        return {"dir": str(self.dir), "continued": continued}
 
     def log(self, batch: list[Point]) -> None:
         if self.writer is None:
@@ -57,13 +62,18 @@ class TensorBoard(Backend):
             return
         from torch.utils.tensorboard.summary import hparams
 
-        self.log(summary)
-        # the config in the HParams tab, beside the summary figures, in this run's own event file
-        values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
-        for event in hparams(values, {p.key: p.value for p in summary}):
-            self.writer.file_writer.add_summary(event)
-        self.writer.add_text("status", status, 0)
-        self.writer.close()
+        try:
+            self.log(summary)
+            # the config in the HParams tab, beside the summary figures, in this run's own event file
+            for event in hparams(params, {p.key: p.value for p in summary}):
+                self.writer.file_writer.add_summary(event)
+            self.writer.add_text("status", status, 0)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def where(self) -> str:
         if self.dir is None:
