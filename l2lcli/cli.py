@@ -18,6 +18,9 @@ GROUPS_HELP = "Config groups (override with group=choice): " + "; ".join(
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 OVERRIDES = typer.Argument(None, help="Hydra-style overrides: task=mnist recipe=paper train.meta_lr=0.01 ...",
                            show_default=False)
+MULTIRUN = typer.Option(False, "--multirun", "-m", help="A job per combination of the sweeps (seed=0,1 "
+                        "train.meta_lr=1e-3,1e-2) through Hydra's launcher (hydra/launcher=basic|joblib|"
+                        "submitit_local|submitit_slurm); an index of the jobs; a re-run skips finished ones.")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help=f"l2l: meta-train learned optimizers and compare them with tuned baselines. {GROUPS_HELP}")
@@ -33,18 +36,39 @@ def _fail(e: L2LError):
     raise typer.Exit(2) from None
 
 
-def _run(command: str, overrides: list[str] | None, checkpoint=None, init_from=None, **keys) -> dict:
-    """Compose the command's config and run it."""
+def _run(command: str, overrides: list[str] | None, multirun: bool = False, checkpoint=None, init_from=None,
+         **keys) -> dict:
+    """Compose the command's config and run it; with -m, run a job per combination of the sweeps and print the
+    index instead (exit 1 if a job failed)."""
     # imported here, not at the top: `l2l --help` then answers without loading torch and the commands
-    from .commands import common, evaluate, experiment, generalize, sweep, train
+    from .commands import common, runner
 
-    runners = {"meta-train": train.run, "evaluate": evaluate.run, "sweep-baselines": sweep.run,
-               "generalize": generalize.run, "experiment": experiment.run}
     try:
-        cfg = common.compose_for(list(overrides or []), checkpoint=checkpoint, init_from=init_from, **keys)
-        return runners[command](cfg)
+        given = common.command_overrides(list(overrides or []), checkpoint=checkpoint, init_from=init_from, **keys)
+        if not multirun:
+            return runner(command)(common.compose(given))
+        from .multirun import run as launch
+
+        r = launch(command, given)
     except L2LError as e:
         _fail(e)
+    _print_multirun(r)
+    raise typer.Exit(1 if r["failed"] else 0)
+
+
+def _print_multirun(r: dict) -> None:
+    t = r["table"]
+    # only what differs between jobs: the swept values
+    common = set.intersection(*(set(o.split()) for o in t["overrides"]))
+    shown = t.drop(columns=[c for c in ("run_dir", "error") if c in t]).assign(
+        overrides=[" ".join(x for x in o.split() if x not in common) for o in t["overrides"]])
+    _table(shown, f"l2l {r['of']} -m: {r['jobs']} jobs, {r['failed']} not finished")
+    for row in t[t["status"] != "finished"].itertuples():
+        out.print(escape(f"job {row.job} ({row.overrides}): {row.status}: {getattr(row, 'error', '') or ''}"),
+                  highlight=False, soft_wrap=True)
+    out.print(escape(f"multirun -> {r['dir']} (index.csv; each job's run folder in its run_dir column)"),
+              highlight=False, soft_wrap=True)
+    _print_loggers(r)
 
 
 def _table(df, title: str) -> None:
@@ -109,33 +133,33 @@ def _print_evaluate(r: dict) -> None:
 
 @app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.",
              help=f"Meta-train a learned optimizer. {GROUPS_HELP}")
-def meta_train(overrides: list[str] | None = OVERRIDES,
+def meta_train(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
                resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt."),
                init_from: str | None = typer.Option(None, help="Start from a trained optimizer's weights (a run "
                                                     "folder or .pt): fine-tuning, longer unrolls, new tasks.")):
-    _print_meta_train(_run("meta-train", overrides, init_from=init_from, **{"train.resume": resume}))
+    _print_meta_train(_run("meta-train", overrides, multirun, init_from=init_from, **{"train.resume": resume}))
 
 
 @app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.",
              help=f"Evaluate an optimizer on fresh test problems. {GROUPS_HELP}")
-def evaluate(overrides: list[str] | None = OVERRIDES,
+def evaluate(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
              checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
              baselines: str | None = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
-    _print_evaluate(_run("evaluate", overrides, checkpoint=checkpoint, **{"eval.baselines": baselines}))
+    _print_evaluate(_run("evaluate", overrides, multirun, checkpoint=checkpoint, **{"eval.baselines": baselines}))
 
 
 @app.command("sweep-baselines", context_settings=EXTRA,
              short_help="Sweep the baselines' learning rates on the test problems.",
              help=f"Sweep the baselines' learning rates on the test problems. {GROUPS_HELP}")
-def sweep_baselines(overrides: list[str] | None = OVERRIDES):
-    _print_sweep(_run("sweep-baselines", overrides))
+def sweep_baselines(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN):
+    _print_sweep(_run("sweep-baselines", overrides, multirun))
 
 
 @app.command(context_settings=EXTRA,
              short_help="The main job: meta-train, sweep the baselines, evaluate both, print the comparison.",
              help=f"The main job: meta-train, sweep the baselines, evaluate both, print the comparison. {GROUPS_HELP}")
-def experiment(overrides: list[str] | None = OVERRIDES):
-    r = _run("experiment", overrides)
+def experiment(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN):
+    r = _run("experiment", overrides, multirun)
     _print_meta_train(r["meta-train"])  # exits 130 if meta-training was interrupted
     _print_sweep(r["sweep-baselines"])
     _print_evaluate(r["evaluate"])
@@ -150,11 +174,11 @@ def experiment(overrides: list[str] | None = OVERRIDES):
                   "-5, -2, with --sub; figure8 with task=art: 64x64, 128x128, a new style) against baselines "
                   "tuned on each. "
                   f"{GROUPS_HELP}")
-def generalize(overrides: list[str] | None = OVERRIDES,
+def generalize(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
                checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file."),
                sub: str | None = typer.Option(None, help="Figure 7's LSTM-sub: a meta-train run on the held-out "
                                               "labels (task.classes=heldout5), raced beside the checkpoint.")):
-    r = _run("generalize", overrides, checkpoint=checkpoint, **{"generalize.sub": sub})
+    r = _run("generalize", overrides, multirun, checkpoint=checkpoint, **{"generalize.sub": sub})
     t = r["table"].copy()
     if "ratio_low" in t:
         t["95% interval"] = _intervals(t)

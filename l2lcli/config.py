@@ -34,6 +34,11 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+def is_hydra(override: str) -> bool:
+    """An override of Hydra's own config (hydra/launcher=joblib, hydra.launcher.n_jobs=2), not of l2l's."""
+    return override.lstrip("+~").startswith(("hydra/", "hydra."))
+
+
 def compose(overrides: list[str] | None = None, inherit: DictConfig | None = None,
             groups: tuple[str, ...] = (), source: str = "the checkpoint") -> DictConfig:
     """The resolved config for these Hydra-style overrides; bad overrides raise L2LError.
@@ -49,6 +54,9 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
         sweeps = [o.input_line for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override()]
     except HydraException as e:
         raise L2LError(f"bad override: {one_line(e)}") from None
+    hydra = [o for o in overrides if is_hydra(o)]
+    if hydra:
+        raise L2LError(f"{' '.join(hydra)} configures a multirun's launcher: add -m (l2l COMMAND -m ...)")
     if sweeps:
         raise L2LError(f"{' '.join(sweeps)} is a sweep: add -m to run one job per value (l2l COMMAND -m "
                        f"{' '.join(sweeps)} ...)")

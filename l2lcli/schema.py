@@ -126,6 +126,7 @@ RULES: dict[str, Rule] = {
     "generalize.figure": one_of("figure5", "figure6", "figure7", "figure8"), "generalize.figure5": VARIANTS,
     "generalize.figure7": VARIANTS, "generalize.figure8": VARIANTS, "generalize.sub": PATH,
     "generalize.figure6.layers": list_of(whole(0)), "generalize.figure6.hidden": list_of(whole(1)),
+    "multirun.dir": PATH,
     # loggers beside the run folder's files
     "logger.tensorboard.dir": PATH, "logger.mlflow.tracking_uri": PATH, "logger.mlflow.experiment": maybe(TEXT),
     "logger.mlflow.log_checkpoint": FLAG, "logger.mlflow.retries": whole(0, 10), "logger.mlflow.timeout": POSITIVE,

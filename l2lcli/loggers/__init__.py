@@ -11,16 +11,17 @@ from .base import PARENT, Loggers, console
 __all__ = ["PARENT", "Loggers", "open_loggers"]
 
 
-def open_loggers(cfg: DictConfig, command: str, data: dict | None = None) -> Loggers:
+def open_loggers(cfg: DictConfig, command: str, data: dict | None = None, experiment: str | None = None) -> Loggers:
     """The loggers `cfg.logger` chooses, each checked now (its extra installed, its server reachable): a logger that
-    cannot work stops the command before any work."""
+    cannot work stops the command before any work. `experiment`: MLflow's, where not <command>/<task> (a multirun
+    of meta-train runs is a parent run among them, in meta-train/<task>)."""
     from .mlflow import MLflow
     from .tensorboard import TensorBoard
 
     node = cfg.get("logger") or {}  # a config saved before loggers existed: the folder's files only
     backends, failed = [], {}
     for name, make in (("tensorboard", lambda: TensorBoard(node.tensorboard)),
-                       ("mlflow", lambda: MLflow(cfg, node.mlflow, command))):
+                       ("mlflow", lambda: MLflow(cfg, node.mlflow, command, experiment))):
         if name not in node:
             continue
         try:

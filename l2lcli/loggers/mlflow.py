@@ -30,7 +30,7 @@ def why(e: BaseException) -> str:
 class MLflow(Backend):
     name = "mlflow"
 
-    def __init__(self, cfg: DictConfig, node: DictConfig, command: str):
+    def __init__(self, cfg: DictConfig, node: DictConfig, command: str, experiment: str | None = None):
         """Reach the tracking store and find (or create) the experiment now: a server that cannot be reached stops
         the command before any work."""
         if importlib.util.find_spec("mlflow") is None:
@@ -51,7 +51,8 @@ class MLflow(Backend):
         # the local default is SQLite: MLflow 3 refuses its old ./mlruns file store
         self.uri = node.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{out / 'mlflow.db'}"
         parent = (PARENT.get() or {}).get(self.name)
-        self.experiment = parent["experiment"] if parent else node.experiment or f"{command}/{cfg.task.name}"
+        self.experiment = (parent["experiment"] if parent else
+                           node.experiment or experiment or f"{command}/{cfg.task.name}")
         self.log_checkpoint, self.run_id = node.log_checkpoint, None
         try:
             if self.local:

@@ -29,7 +29,7 @@ class TensorBoard(Backend):
     def start(self, info: RunInfo, saved: dict | None) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
-        if info.run_dir is None:  # a parent run (l2l experiment): its children have folders and event files
+        if info.run_dir is None or info.command == "multirun":  # parents: their children have the event files
             return {}
         # under one root, runs keep the folders' layout, so TensorBoard names each run as outputs/ does
         self.dir = Path(self.root) / info.command / info.task / info.name if self.root else info.run_dir / "tensorboard"
