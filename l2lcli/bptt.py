@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .distributed import SOLO, World
 from .rollout import loss_and_grads, rollout
 
 META_LOSSES = ("sum", "final", "log_sum", "relative")
@@ -49,12 +50,13 @@ def validate(problems, optimizer, steps: int) -> float:
 
 def trajectory(problems, optimizer, meta, steps: int, unroll: int, meta_loss: str = "sum",
                second_derivatives: bool = False, grad_clip: float | None = None,
-               step_loss: list | None = None) -> tuple[float, bool]:
+               step_loss: list | None = None, world: World = SOLO) -> tuple[float, bool]:
     """One trajectory on a fresh problem batch: `steps` optimizee steps cut into unrolls, a meta step after each.
 
     Returns the trajectory's mean loss, and False if a meta step was not finite (nothing was changed then, and the
     rest of the trajectory, whose optimizee has blown up, is dropped). `step_loss` holds the running mean loss at
-    each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories).
+    each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories). With
+    other processes (`world`), each meta-gradient is averaged over them before the step.
     """
     step_loss = step_loss if step_loss is not None else []
     params = problems.init_params()
@@ -73,22 +75,27 @@ def trajectory(problems, optimizer, meta, steps: int, unroll: int, meta_loss: st
             step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
         mean_loss += mean / steps
         if t % unroll == 0 or t == steps:
-            if not meta_step(optimizer, meta, total, grad_clip):
+            if not meta_step(optimizer, meta, total, grad_clip, world):
                 return mean_loss, False
             total = 0.0
             params, state, grads = tree_detach(params), tree_detach(state), tree_detach(grads)
     return mean_loss, True
 
 
-def meta_step(optimizer, meta, meta_loss, clip) -> bool:
+def meta_step(optimizer, meta, meta_loss, clip, world: World = SOLO) -> bool:
     """One ADAM step on phi; refused (and nothing changed) if the loss, gradient or new weights are not finite."""
     meta.zero_grad(set_to_none=True)
     if not torch.is_tensor(meta_loss) or not meta_loss.requires_grad:
         return True  # an unroll with zero weight in the meta-loss (meta_loss=final before step T): nothing to learn
-    if not torch.isfinite(meta_loss):
+    finite = bool(torch.isfinite(meta_loss))
+    if not finite and world.size == 1:
         return False
-    meta_loss.backward()
+    meta_loss.backward()  # with other ranks, also when not finite: they all take part in the same all-reduce
     params = [p for p in optimizer.parameters() if p.grad is not None]
+    if not finite:
+        for p in params:
+            p.grad.fill_(math.nan)  # so that every rank refuses this step
+    world.average_gradients(params)
     norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else math.inf)
     if not torch.isfinite(norm):
         meta.zero_grad(set_to_none=True)

@@ -81,6 +81,8 @@ def _table(df, title: str) -> None:
 
 
 def _print_meta_train(r: dict) -> None:
+    if r.get("rank"):  # under torchrun, rank 0 speaks for the run
+        return
     out.print(f"meta-train {r['task']}/{r['optimizer']} (recipe {r['recipe']}): best validation loss "
               f"{r['best_val_loss']:.4g} at epoch {r['best_epoch']} of {r['epochs']} ({r['stop_reason']}), "
               f"{r['optimizee_steps_per_second']:.0f} optimizee steps/s, data {_data(r)} -> {r['checkpoint']}")

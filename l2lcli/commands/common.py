@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def prepare(cfg: DictConfig, command: str) -> Setup:
     """Check the config, set up the device, build the task and read its data, reach the loggers: everything that
     can refuse a run happens here, before a run folder exists."""
     check(cfg, command)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command != "meta-train":
+        raise L2LError(f"torchrun runs meta-train across processes; run {command} as one process (or many jobs "
+                       "with -m)")
     device = resolve_device(cfg)
     task = build(cfg.task)
     data = task.describe()  # reads the data: a missing dataset is an error now, not after a run folder was made

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ..bptt import trajectory, validate
 from ..config import build
+from ..distributed import World, join
 from ..errors import L2LError, WriteError
 from ..loggers import Loggers
 from ..runs import load_checkpoint, rule_from, save_checkpoint
@@ -41,23 +42,28 @@ class TrainState:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Meta-train `cfg.optimizer` on `cfg.task`; writes best.pt, last.pt, train_log.csv, summary.json."""
+    """Meta-train `cfg.optimizer` on `cfg.task`; writes best.pt, last.pt, train_log.csv, summary.json. Under
+    torchrun, each process takes its share of every batch and rank 0 writes (l2lcli/distributed.py)."""
     resumed = load_checkpoint(_last(cfg.train.resume)) if cfg.train.resume else None
     cfg = _saved_config(resumed) if resumed else cfg
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
+    world = join(device, tc.batch_size, cfg.device.threads)
+    if not world.main:  # one folder, one set of logger runs: rank 0's
+        setup.log = Loggers(cfg, "meta-train", {}, [])
     torch.manual_seed(cfg.seed)
     from_trained = resumed is None and cfg.train.init_from  # a resumed run takes its weights from its own last.pt
     optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if from_trained else build(cfg.optimizer)
     fits(optimizer, setup.task, max(tc.batch_size, tc.validation_problems))
     optimizer.train().to(device)
+    world.same_weights(optimizer)
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
     validation = setup.task.sample("validation", tc.validation_problems, cfg.seed, device=device)
     if resumed:
         s, run_dir = _restore(resumed, optimizer, meta)
         setup.log.start(run_dir, resumed=True)  # the loggers go on in the runs this folder started
     else:
-        s, run_dir = TrainState(), setup.open_run("meta-train")
+        s, run_dir = TrainState(), world.share(setup.open_run("meta-train") if world.main else None)
     stop, started = _stop_reason(s, tc), time.perf_counter() - s.seconds
     with setup.log as log:
         try:
@@ -67,16 +73,18 @@ def run(cfg: DictConfig) -> dict:
                         group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s.epoch
                     losses = []
                     for _ in range(tc.epoch_trajectories):
-                        problems = setup.task.sample("train", tc.batch_size, cfg.seed, index=s.trajectories,
-                                                     device=device)
+                        problems = setup.task.sample("train", tc.batch_size // world.size, cfg.seed, device=device,
+                                                     index=s.trajectories * world.size + world.rank)
                         s.trajectories += 1
                         loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
-                                              tc.second_derivatives, tc.grad_clip, s.step_loss)
+                                              tc.second_derivatives, tc.grad_clip, s.step_loss, world)
+                        loss = world.mean(loss, device)
                         _count_bad(s, ok, tc.max_bad_steps, run_dir)
                         losses += [loss] if ok else []
                         progress(advance=int(ok), meta=loss)
-                    _end_epoch(cfg, s, optimizer, meta, validate(validation, optimizer, cfg.task.steps), losses,
-                               run_dir, time.perf_counter() - started, log)
+                    val = validate(validation, optimizer, cfg.task.steps) if world.main else math.nan
+                    _end_epoch(cfg, s, optimizer, meta, world.from_main(val, device), losses, run_dir,
+                               world.from_main(time.perf_counter() - started, device), log, world.main)
                     progress(epoch=s.epoch, val=s.log[-1]["val_loss"], best=s.best_val)
                     stop = _stop_reason(s, tc)
         except KeyboardInterrupt:
@@ -85,8 +93,9 @@ def run(cfg: DictConfig) -> dict:
             stop, s.trajectories = "interrupted", s.log[-1]["trajectories"] if s.log else 0  # what was saved
         except WriteError as e:
             raise L2LError(f"{e}; resume with `l2l meta-train --resume {run_dir}`") from None
-        results = _finish(cfg, setup.task, s, stop, run_dir, log)
+        results = _finish(cfg, setup.task, s, stop, run_dir, log, world)
         log.finish("KILLED" if stop == "interrupted" else "FINISHED")
+    world.leave()
     return {**results, "loggers": log.report()}
 
 
@@ -103,13 +112,15 @@ def _count_bad(s: TrainState, ok: bool, limit: int, run_dir: Path) -> None:
 
 
 def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, run_dir: Path, seconds: float,
-               log: Loggers) -> None:
-    """Early stopping's bookkeeping after an epoch: keep the best by validation loss, log, save the state."""
+               log: Loggers, writes: bool = True) -> None:
+    """Early stopping's bookkeeping after an epoch: keep the best by validation loss, log, save the state (where
+    this process `writes`: every rank keeps the books, rank 0 the files)."""
     before = s.log[-1] if s.log else {"trajectories": 0, "seconds": 0.0}
     s.epoch += 1
     if val < s.best_val * (1 - cfg.train.min_improvement):
         s.best_val, s.best_epoch, s.since_best = val, s.epoch, 0
-        save_checkpoint(run_dir / "best.pt", cfg, optimizer, epoch=s.epoch, val_loss=val)
+        if writes:
+            save_checkpoint(run_dir / "best.pt", cfg, optimizer, epoch=s.epoch, val_loss=val)
     else:
         s.since_best += 1
     s.seconds = seconds
@@ -119,6 +130,8 @@ def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, ru
                   "seconds": s.seconds, "epoch_seconds": s.seconds - before["seconds"],
                   "optimizee_steps_per_second": (s.trajectories - before["trajectories"]) * cfg.train.batch_size
                   * cfg.task.steps / max(s.seconds - before["seconds"], 1e-9)})
+    if not writes:
+        return
     log.write_csv(run_dir / "train_log.csv", pd.DataFrame(s.log))
     save_checkpoint(run_dir / "last.pt", cfg, optimizer, meta_optimizer=meta.state_dict(), train_state=asdict(s),
                     rng=torch.get_rng_state())
@@ -135,7 +148,7 @@ def _stop_reason(s: TrainState, tc) -> str | None:
     return "max_epochs" if s.epoch >= tc.max_epochs else None
 
 
-def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers) -> dict:
+def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers, world: World) -> dict:
     """The run's summary.json (and the results returned to the caller)."""
     if s.best_epoch < 0:
         raise L2LError(f"no epoch finished with a finite validation loss; see {run_dir}/train_log.csv")
@@ -146,10 +159,11 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers) ->
         "best_val_loss": s.best_val, "best_epoch": s.best_epoch, "epochs": s.epoch, "trajectories": s.trajectories,
         "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds,
         "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * cfg.task.steps / max(s.seconds, 1e-9),
-        "seconds_to_best": s.log[s.best_epoch - 1]["seconds"],
+        "seconds_to_best": s.log[s.best_epoch - 1]["seconds"], "processes": world.size,
     }
-    log.write_json(run_dir / "summary.json", results)
-    return results
+    if world.main:
+        log.write_json(run_dir / "summary.json", results)
+    return {**results, "rank": world.rank}
 
 
 @contextmanager
