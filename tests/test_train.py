@@ -71,7 +71,7 @@ def _unroll_losses(cfg, kind, monkeypatch):
     and the loss curve of the same optimizer on the same problems."""
     seen = []
 
-    def record(optimizer, meta, meta_loss, clip):
+    def record(optimizer, meta, meta_loss, clip, world=None):
         seen.append(meta_loss)
         return True  # no update: every unroll sees the same weights as the reference rollout
 
