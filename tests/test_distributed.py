@@ -34,7 +34,9 @@ def one_meta_step(problems, world=None):
     fuse(False)
     torch.manual_seed(0)
     optimizer = build(compose(["optimizer=lstm"]).optimizer)
-    meta = torch.optim.Adam(optimizer.parameters(), lr=0.01)
+    # plain SGD: the weights move by the meta-gradient itself (ADAM's first step, g / |g|, would turn float noise
+    # in a near-zero gradient into a whole step of either sign)
+    meta = torch.optim.SGD(optimizer.parameters(), lr=0.1)
     trajectory(problems, optimizer, meta, STEPS, STEPS, **({"world": world} if world else {}))
     return optimizer.state_dict()
 
