@@ -67,7 +67,7 @@ def trajectory(problems, optimizer, meta, steps: int, unroll: int, meta_loss: st
         params, state = optimizer.step(params, grads, state)
         params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
                                              create_graph=second_derivatives)
-        mean = loss.detach().mean().item()
+        mean = world.mean(loss.detach().mean().item(), loss.device)  # the whole batch's, over every rank
         if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
             step_loss.append(mean if math.isfinite(mean) else 1.0)
         total = total + meta_loss_term(loss, t, steps, meta_loss, scale=max(step_loss[t - 1], 1e-12))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import L2LError
+from .errors import L2LError, one_line
 
 
 @dataclass(frozen=True)
@@ -80,20 +80,39 @@ class World:
 SOLO = World()
 
 
+def processes() -> int:
+    """How many processes torchrun started for this job (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def only_meta_train(what: str) -> None:
+    """Refuse `what` (a command, a multirun) under torchrun: only meta-train splits its work across processes."""
+    if processes() > 1:
+        raise L2LError(f"torchrun runs meta-train across processes; run {what} as one process (many jobs: -m)")
+
+
 def join(device: torch.device, batch_size: int, threads: int | None) -> World:
     """This process's World: one process, or the process group torchrun describes (WORLD_SIZE, RANK, MASTER_ADDR
     in the environment). Each rank gets an equal share of the batch; with device.threads null, each its share of
     the cores."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = processes()
     if size == 1:
         return World()
     if batch_size % size:
         raise L2LError(f"train.batch_size={batch_size} does not split over {size} processes: use a multiple of "
                        f"{size}")
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        if not dist.is_initialized():
+            if device.type == "cuda":  # one GPU per process: torchrun's LOCAL_RANK among those this one sees
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    except (RuntimeError, ValueError) as e:  # no MASTER_ADDR, a port taken, a peer that never came
+        raise L2LError(f"cannot join the other processes ({one_line(e)[:160]}): start them with torchrun "
+                       "--nproc_per_node=N -m l2lcli meta-train ...") from None
     if threads is None:  # torchrun's processes on this machine share its cores
         local = int(os.environ.get("LOCAL_WORLD_SIZE", size))
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))

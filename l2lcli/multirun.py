@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
 import traceback
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import CONFIG_MODULE, check, compose, is_hydra, quoted
+from .distributed import only_meta_train
 from .errors import L2LError, one_line
 from .loggers import PARENT, open_loggers
 from .runs import write_json, write_text
@@ -46,12 +48,18 @@ def expand(overrides: list[str]) -> list[list[str]]:
 
 def run(command: str, overrides: list[str]) -> dict:
     """Run `command` once per combination of the sweeps in `overrides`; the index of the jobs."""
+    only_meta_train("a multirun")
     ours, theirs = [o for o in overrides if not is_hydra(o)], [o for o in overrides if is_hydra(o)]
     for o in theirs:
         key, _, value = o.partition("=")
         plugin = PLUGINS.get(value) if key == "hydra/launcher" else None
         if plugin and not importlib.util.find_spec(f"hydra_plugins.{plugin}"):
             raise L2LError(f"hydra/launcher={value} needs its Hydra plugin: pip install 'l2lcli[launchers]'")
+        if key.lstrip("+") in ("hydra.sweep.dir", "hydra.sweep.subdir"):
+            raise L2LError(f"{o}: the multirun keeps its own folder layout; choose the folder with multirun.dir=PATH")
+    if any(o.split("=")[0] == "train.resume" and not o.endswith("=null") for o in ours):
+        raise L2LError("--resume continues one run: resume each on its own, or run the multirun again (its finished "
+                       "jobs are skipped)")
     jobs = expand(ours)
     for job in jobs:  # every job's config is checked before the first one starts
         try:
@@ -64,10 +72,12 @@ def run(command: str, overrides: list[str]) -> dict:
     parent = open_loggers(first, "multirun", experiment=f"{command}/{first.task.name}" if len(tasks) == 1 else None)
     _mkdir(folder)
     with parent.start(folder.resolve()):
-        write_text(folder / "command.txt", " ".join(["l2l", command, "-m", *overrides]) + "\n")
-        _launch(command, ours, theirs, folder, {b.name: b.handle() for b in parent.live})
-        index = _index(folder, jobs)
-        parent.write_csv(folder / INDEX, index)
+        write_text(folder / "command.txt", shlex.join(["l2l", command, "-m", *overrides]) + "\n")
+        try:
+            _launch(command, ours, theirs, folder, {b.name: b.handle() for b in parent.live}, len(jobs))
+        finally:  # the index of what finished, also when the launcher or Ctrl-C stopped the rest
+            index = _index(folder, jobs)
+            parent.write_csv(folder / INDEX, index)
         failed = int((index["status"] != "finished").sum())
         parent.finish("FINISHED" if not failed else "FAILED")
     return {"command": "multirun", "of": command, "dir": str(folder), "jobs": len(jobs), "failed": failed,
@@ -87,7 +97,7 @@ def _mkdir(folder: Path) -> None:
                        "or out_dir=PATH to a writable folder") from None
 
 
-def _launch(command: str, ours: list[str], theirs: list[str], folder: Path, parents: dict) -> None:
+def _launch(command: str, ours: list[str], theirs: list[str], folder: Path, parents: dict, jobs: int) -> None:
     from hydra_zen import launch
 
     hydra = [f"hydra.searchpath=[pkg://{CONFIG_MODULE}]", f"hydra.sweep.dir={quoted(str(folder.resolve()))}",
@@ -95,15 +105,20 @@ def _launch(command: str, ours: list[str], theirs: list[str], folder: Path, pare
     # the job function travels to other processes (joblib) and machines (submitit): a module-level function and
     # plain data, pickled
     try:
-        launch({"defaults": ["config", "_self_"]}, functools.partial(_job, command, parents), overrides=hydra + ours,
-               multirun=True, version_base="1.3", job_name=command)
+        launch({"defaults": ["config", "_self_"]}, functools.partial(_job, command, parents, jobs),
+               overrides=hydra + ours, multirun=True, version_base="1.3", job_name=command)
     except (HydraException, OmegaConfBaseException) as e:  # the launcher's config: jobs catch their own errors
         raise L2LError(f"the multirun's launcher refused it: {one_line(e)[:200]}") from None
+    except (KeyboardInterrupt, L2LError):
+        raise
+    except Exception as e:  # the launcher itself (a SLURM job killed, no sbatch): index.csv says what finished
+        raise L2LError(f"the multirun's launcher failed ({type(e).__name__}: {one_line(e)[:160]}); {folder / INDEX} "
+                       "lists what finished; run the same command again to run the rest") from None
 
 
-def _job(command: str, parents: dict, cfg: DictConfig) -> dict:
+def _job(command: str, parents: dict, jobs: int, cfg: DictConfig) -> dict:
     """One job: skipped if it finished in an earlier launch of this multirun; else the command's run(cfg), its
-    outcome kept in job.json whatever it is (a failed job does not stop the others)."""
+    outcome kept in job.json whatever it is (a failed job does not stop the others; Ctrl-C stops them all)."""
     from hydra.core.hydra_config import HydraConfig
 
     from .commands import runner
@@ -111,16 +126,23 @@ def _job(command: str, parents: dict, cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     folder = Path(hc.runtime.output_dir)
     overrides = [o for o in hc.overrides.task if not is_hydra(o)]
-    before = _read(folder / JOB)
-    if before.get("status") == "finished" and before.get("overrides") == overrides:
-        write_json(folder / JOB, {**before, "ran": "before"})
-        return {**before, "ran": "before"}
+    before = _finished(folder.parent, overrides)  # by its overrides: a shuffled sweep numbers its jobs anew
+    if before:
+        write_json(folder / JOB, {**before, "job": hc.job.num, "ran": "before"})
+        return before
     record = {"job": hc.job.num, "overrides": overrides, "status": "running", "ran": "now", "run_dir": None}
     write_json(folder / JOB, record)
     token = PARENT.set(parents)
     try:
-        results = runner(command)(_job_config(cfg, hc))
+        results = runner(command)(_job_config(cfg, hc, jobs))
         record.update(status="finished", run_dir=_run_dir(results), **headline(command, results))
+        if results.get("stop_reason") == "interrupted" or "evaluate" not in results and command == "experiment":
+            record["status"] = "interrupted"  # Ctrl-C ended its meta-training: not finished, and no more jobs
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        record["status"] = "interrupted"
+        write_json(folder / JOB, record)
+        raise
     except L2LError as e:
         record.update(status="failed", error=str(e))
     except Exception as e:  # a bug in one job must not lose the others' results: kept, with its traceback
@@ -132,18 +154,21 @@ def _job(command: str, parents: dict, cfg: DictConfig) -> dict:
     return record
 
 
-def _job_config(cfg: DictConfig, hc) -> DictConfig:
+def _job_config(cfg: DictConfig, hc, jobs: int) -> DictConfig:
     """The job's config as compose() gives a single run: resolved, closed to new keys; with device.threads null,
-    the cores the job may use: submitit's cpus_per_task, or this machine's shared among joblib's n_jobs."""
+    the cores the job may use: submitit's cpus_per_task, else this machine's shared among the jobs running at once
+    (joblib: n_jobs of them; submitit_local: all)."""
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     if cfg.device.threads is None:
-        launcher = hc.launcher
+        launcher, target = hc.launcher, str(hc.launcher.get("_target_", ""))
         cores = len(os.sched_getaffinity(0))  # on a cluster node: what the job was given
         if launcher.get("cpus_per_task"):
             cores = launcher.cpus_per_task
-        elif "joblib" in str(launcher.get("_target_", "")):
+        elif "joblib" in target:
             at_once = launcher.get("n_jobs") or 1
-            cores //= os.cpu_count() if at_once < 0 else at_once
+            cores //= min(jobs, os.cpu_count() if at_once < 0 else at_once)
+        elif "LocalLauncher" in target:  # submitit_local starts every job at once
+            cores //= jobs
         with open_dict(cfg):
             cfg.device.threads = max(1, cores)
     OmegaConf.set_struct(cfg, True)
@@ -173,13 +198,22 @@ def headline(command: str, r: dict) -> dict:
     return {f"ratio {row['variant']}": row["ratio"] for row in r["rows"]}  # generalize
 
 
+def _finished(folder: Path, overrides: list[str]) -> dict | None:
+    """The record of a job of this multirun with these overrides that finished in an earlier launch."""
+    for path in folder.glob(f"*/{JOB}"):
+        record = _read(path)
+        if record.get("status") == "finished" and record.get("overrides") == overrides:
+            return {**record, "ran": "before"}
+    return None
+
+
 def _index(folder: Path, jobs: list[list[str]]) -> pd.DataFrame:
     """One row per job from its job.json (a job killed with its process: 'not finished')."""
     rows = []
     for num, job in enumerate(jobs):
         record = _read(folder / str(num) / JOB)
         status = record.get("status", "not run")
-        rows.append({"job": num, "overrides": " ".join(job),
+        rows.append({"job": num, "overrides": " ".join(record.get("overrides") or job),
                      "status": "not finished" if status == "running" else status,
                      **{k: v for k, v in record.items() if k not in ("job", "overrides", "status")}})
     return pd.DataFrame(rows)

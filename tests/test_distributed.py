@@ -1,11 +1,13 @@
 """One meta-training across processes (torch.distributed, gloo on this CPU): the same step as one process."""
 
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -65,15 +67,62 @@ def test_one_meta_step_on_two_processes_equals_one_process_with_both_halves(tmp_
         torch.testing.assert_close(two[k], one[k], rtol=1e-5, atol=1e-6)
 
 
+def _rank_with_a_blown_up_problem(rank: int, port: int, batch: tuple, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+    world = join(torch.device("cpu"), 4, None)
+    W, y, theta0 = (x[2 * rank:2 * rank + 2].clone() for x in batch)
+    if rank == 1:
+        theta0[0] = math.inf  # only this rank's meta-loss is not finite
+    fuse(False)
+    torch.manual_seed(0)
+    optimizer = build(compose(["optimizer=lstm"]).optimizer)
+    before = {k: v.clone() for k, v in optimizer.state_dict().items()}
+    meta = torch.optim.SGD(optimizer.parameters(), lr=0.1)
+    _, ok = trajectory(QuadraticBatch(W, y, theta0), optimizer, meta, STEPS, STEPS, world=world)
+    unchanged = all(torch.equal(before[k], v) for k, v in optimizer.state_dict().items())
+    torch.save({"ok": ok, "unchanged": unchanged}, f"{out}.{rank}")
+    world.leave()
+
+
+def test_a_meta_step_not_finite_on_one_rank_is_refused_on_every_rank(tmp_path):
+    batch = build(compose([]).task).sample("train", 4, seed=0)
+    out = str(tmp_path / "rank")
+    mp.spawn(_rank_with_a_blown_up_problem, args=(free_port(), (batch.W, batch.y, batch.theta0), out), nprocs=2)
+    for rank in (0, 1):  # rank 0's own problems were fine: it refuses the step all the same
+        assert torch.load(f"{out}.{rank}") == {"ok": False, "unchanged": True}
+
+
 def test_torchrun_refuses_a_batch_that_does_not_split_and_other_commands(monkeypatch, make_cfg):
-    from l2lcli.commands import evaluate
+    from l2lcli import multirun
+    from l2lcli.commands import evaluate, experiment
     from l2lcli.errors import L2LError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(L2LError, match="does not split over 2 processes"):
         join(torch.device("cpu"), 5, None)
-    with pytest.raises(L2LError, match="torchrun runs meta-train"):
-        evaluate.run(make_cfg("optimizer=adam"))
+    for refused in (lambda: evaluate.run(make_cfg("optimizer=adam")), lambda: experiment.run(make_cfg()),
+                    lambda: multirun.run("meta-train", ["seed=0,1"])):
+        with pytest.raises(L2LError, match="torchrun runs meta-train"):
+            refused()
+    assert not (Path(make_cfg().out_dir)).exists()  # refused before any run folder
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def _torchrun(*args):
@@ -84,7 +133,8 @@ def _torchrun(*args):
 @pytest.mark.slow
 def test_a_killed_two_process_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    recipe = [*TINY, "train.epoch_trajectories=8", "train.max_epochs=4", "train.patience=4"]
+    recipe = [*TINY, "train.epoch_trajectories=8", "train.max_epochs=4", "train.patience=4",
+              "train.meta_loss=relative"]  # its running step means: the same on every rank, and after a resume
     ref = subprocess.run(_torchrun("meta-train", f"out_dir={tmp_path / 'ref'}", *recipe), env=env,
                          capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr[-2000:]
@@ -92,7 +142,7 @@ def test_a_killed_two_process_run_resumes_to_the_numbers_of_an_uninterrupted_one
     assert load_checkpoint(ref_dir / "best.pt")["config"].train.batch_size == 16
 
     proc = subprocess.Popen(_torchrun("meta-train", f"out_dir={tmp_path / 'killed'}", *recipe), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     root = tmp_path / "killed" / "meta-train" / "quadratic"
     deadline = time.time() + 200
     while time.time() < deadline:  # kill every process once two epochs are on disk
@@ -100,8 +150,10 @@ def test_a_killed_two_process_run_resumes_to_the_numbers_of_an_uninterrupted_one
         if logs and len(pd.read_csv(logs[0])) >= 2:
             break
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in [*descendants(proc.pid), proc.pid]:  # torchrun starts each worker in a session of its own
+        os.kill(pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(0.5)
     [run_dir] = root.iterdir()
     assert not (run_dir / "summary.json").exists(), "the run finished before it was killed"
     res = subprocess.run(_torchrun("meta-train", "--resume", str(run_dir)), env=env, capture_output=True, text=True,

@@ -1,6 +1,7 @@
 """`l2l COMMAND -m`: a job per combination through Hydra's launchers, an index, finished jobs skipped on a re-run."""
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -54,15 +55,41 @@ def test_a_failed_job_is_recorded_and_the_others_finish(tmp_path):
 def test_a_bad_value_in_any_job_refuses_the_multirun_before_any_job_runs(tmp_path):
     with pytest.raises(L2LError, match=r"job .*train.unroll=50.*longer than the horizon"):
         launch(tmp_path, "train.unroll=3,50")
+    with pytest.raises(L2LError, match="multirun.dir=PATH"):
+        launch(tmp_path, "seed=0,1", "hydra.sweep.dir=elsewhere")
+    with pytest.raises(L2LError, match="resume each on its own"):
+        launch(tmp_path, "seed=0,1", "train.resume=some/run")
     assert not (tmp_path / "out").exists()
+
+
+def test_ctrl_c_stops_the_multirun_and_a_rerun_runs_what_did_not_finish(tmp_path, monkeypatch):
+    from l2lcli.commands import train
+
+    real, calls = train.validate, []
+
+    def interrupted(*args):  # Ctrl-C in job 0's second epoch
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        launch(tmp_path, "seed=0,1")
+    [folder] = (tmp_path / "out" / "multirun" / "meta-train").iterdir()
+    index = pd.read_csv(folder / "index.csv")
+    assert index["status"].tolist() == ["interrupted", "not run"]  # recorded, and job 1 never started
+    monkeypatch.setattr(train, "validate", real)
+    again = launch(tmp_path, "seed=0,1")["table"]
+    assert again["status"].tolist() == ["finished", "finished"] and again["ran"].tolist() == ["now", "now"]
 
 
 def test_joblib_runs_jobs_in_processes_with_the_cores_shared_and_the_same_numbers(tmp_path):
     basic = launch(tmp_path / "a", "seed=0,1", "device.threads=1")["table"]
     joblib = launch(tmp_path / "b", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")["table"]
     assert joblib["best_val_loss"].tolist() == basic["best_val_loss"].tolist()  # one thread each, same numbers
-    for run in joblib["run_dir"]:
-        assert OmegaConf.load(Path(run) / "config.yaml").device.threads == 1  # 2 cores / 2 jobs at once
+    for run in joblib["run_dir"]:  # this machine's cores shared by the 2 jobs at once
+        assert OmegaConf.load(Path(run) / "config.yaml").device.threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def test_a_multirun_is_one_mlflow_parent_run_with_a_child_per_job(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from omegaconf import DictConfig
 
 from ..config import build, check, compose, is_learned, quoted, with_inherited
 from ..device import resolve_device
+from ..distributed import only_meta_train, rank
 from ..errors import L2LError
 from ..loggers import Loggers, open_loggers
 from ..runs import load_checkpoint, new_run_dir, rule_from
@@ -64,13 +64,14 @@ def prepare(cfg: DictConfig, command: str) -> Setup:
     """Check the config, set up the device, build the task and read its data, reach the loggers: everything that
     can refuse a run happens here, before a run folder exists."""
     check(cfg, command)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and command != "meta-train":
-        raise L2LError(f"torchrun runs meta-train across processes; run {command} as one process (or many jobs "
-                       "with -m)")
+    if command != "meta-train":
+        only_meta_train(command)
     device = resolve_device(cfg)
     task = build(cfg.task)
     data = task.describe()  # reads the data: a missing dataset is an error now, not after a run folder was made
-    return Setup(cfg, device, task, open_loggers(cfg, command, data))
+    # under torchrun one process, rank 0, writes the folder and logs
+    log = open_loggers(cfg, command, data) if rank() == 0 else Loggers(cfg, command, data, [])
+    return Setup(cfg, device, task, log)
 
 
 def fits(optimizer, task: TaskFamily, problems: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import check
+from ..distributed import only_meta_train
 from ..loggers import open_loggers
 from . import evaluate, sweep, train
 
@@ -15,6 +16,7 @@ def run(cfg: DictConfig) -> dict:
     With a logger, the job is one parent run (MLflow: experiment/<task>) with the three commands' runs under it.
     """
     check(cfg, "experiment")  # refuse bad values before the first of the three runs
+    only_meta_train("experiment")
     parent = open_loggers(cfg, "experiment")
     with parent.start(None), parent.nest():
         trained = train.run(cfg)

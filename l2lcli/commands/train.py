@@ -39,6 +39,7 @@ class TrainState:
     seconds: float = 0.0
     log: list = field(default_factory=list)
     step_loss: list = field(default_factory=list)  # running mean loss per step (meta_loss=relative)
+    processes: int = 1     # torchrun's: a resumed run must keep the problem streams it was split into
 
 
 def run(cfg: DictConfig) -> dict:
@@ -49,8 +50,6 @@ def run(cfg: DictConfig) -> dict:
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
     world = join(device, tc.batch_size, cfg.device.threads)
-    if not world.main:  # one folder, one set of logger runs: rank 0's
-        setup.log = Loggers(cfg, "meta-train", {}, [])
     torch.manual_seed(cfg.seed)
     from_trained = resumed is None and cfg.train.init_from  # a resumed run takes its weights from its own last.pt
     optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if from_trained else build(cfg.optimizer)
@@ -60,14 +59,15 @@ def run(cfg: DictConfig) -> dict:
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
     validation = setup.task.sample("validation", tc.validation_problems, cfg.seed, device=device)
     if resumed:
-        s, run_dir = _restore(resumed, optimizer, meta)
-        setup.log.start(run_dir, resumed=True)  # the loggers go on in the runs this folder started
+        s, run_dir = _restore(resumed, optimizer, meta, world)
+        if world.main:
+            setup.log.start(run_dir, resumed=True)  # the loggers go on in the runs this folder started
     else:
-        s, run_dir = TrainState(), world.share(setup.open_run("meta-train") if world.main else None)
+        s, run_dir = TrainState(processes=world.size), world.share(setup.open_run("meta-train") if world.main else None)
     stop, started = _stop_reason(s, tc), time.perf_counter() - s.seconds
     with setup.log as log:
         try:
-            with _progress(tc, s) as progress:
+            with _progress(tc, s, world.main) as progress:
                 while stop is None:
                     for group in meta.param_groups:
                         group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s.epoch
@@ -78,7 +78,6 @@ def run(cfg: DictConfig) -> dict:
                         s.trajectories += 1
                         loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
                                               tc.second_derivatives, tc.grad_clip, s.step_loss, world)
-                        loss = world.mean(loss, device)
                         _count_bad(s, ok, tc.max_bad_steps, run_dir)
                         losses += [loss] if ok else []
                         progress(advance=int(ok), meta=loss)
@@ -150,6 +149,8 @@ def _stop_reason(s: TrainState, tc) -> str | None:
 
 def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers, world: World) -> dict:
     """The run's summary.json (and the results returned to the caller)."""
+    if s.best_epoch < 0 and stop == "interrupted":
+        raise KeyboardInterrupt  # stopped before its first epoch: nothing to summarise
     if s.best_epoch < 0:
         raise L2LError(f"no epoch finished with a finite validation loss; see {run_dir}/train_log.csv")
     results = {
@@ -167,12 +168,12 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers, wo
 
 
 @contextmanager
-def _progress(tc, s: TrainState):
-    """A live progress bar on a terminal (none in logs); yields `update(**fields)`."""
+def _progress(tc, s: TrainState, shown: bool = True):
+    """A live progress bar on a terminal (none in logs, nor on torchrun's other ranks); yields `update(**fields)`."""
     columns = [TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("meta-loss {task.fields[meta]:.3g}  val {task.fields[val]:.3g}"),
                TextColumn("best {task.fields[best]:.3g}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+    with Progress(*columns, console=console, disable=not (shown and console.is_terminal)) as progress:
         bar = progress.add_task("meta-train", total=tc.max_epochs * tc.epoch_trajectories,
                                 completed=s.epoch * tc.epoch_trajectories, epoch=s.epoch, meta=math.nan,
                                 val=math.nan, best=s.best_val)
@@ -193,11 +194,15 @@ def _saved_config(ckpt: dict) -> DictConfig:
     return ckpt["config"]
 
 
-def _restore(ckpt: dict, optimizer, meta) -> tuple[TrainState, Path]:
+def _restore(ckpt: dict, optimizer, meta, world: World) -> tuple[TrainState, Path]:
     run_dir = Path(ckpt["path"]).parent
+    if ckpt["train_state"].get("processes", 1) != world.size:
+        raise L2LError(f"{run_dir} was meta-trained on {ckpt['train_state'].get('processes', 1)} process(es): resume "
+                       f"it on as many (torchrun --nproc_per_node=N), not {world.size}")
     optimizer.load_state_dict(ckpt["weights"])
     meta.load_state_dict(ckpt["meta_optimizer"])
     torch.set_rng_state(ckpt["rng"])
     s = TrainState(**ckpt["train_state"])
-    console.print(f"resuming {run_dir} after epoch {s.epoch}")
+    if world.main:
+        console.print(f"resuming {run_dir} after epoch {s.epoch}")
     return s, run_dir
