@@ -26,6 +26,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help=f"l2l: meta-train learned optimizers and compare them with tuned baselines. {GROUPS_HELP}")
 data_app = typer.Typer(no_args_is_help=True, help="Get datasets into data.root.")
 app.add_typer(data_app, name="data")
+pretrained_app = typer.Typer(help="The trained rules shipped with l2l: list them with their cards; ship a new one.")
+app.add_typer(pretrained_app, name="pretrained")
+PRETRAINED = typer.Option(None, "--pretrained", help="A rule shipped with l2l (`l2l pretrained` lists them), in place "
+                          "of a checkpoint.")
 out = Console()
 err = Console(stderr=True)
 
@@ -37,13 +41,19 @@ def _fail(e: L2LError):
 
 
 def _run(command: str, overrides: list[str] | None, multirun: bool = False, checkpoint=None, init_from=None,
-         **keys) -> dict:
+         pretrained=None, **keys) -> dict:
     """Compose the command's config and run it; with -m, run a job per combination of the sweeps and print the
-    index instead (exit 1 if a job failed)."""
+    index instead (exit 1 if a job failed). A pretrained rule stands for the checkpoint (or init_from) it ships."""
     # imported here, not at the top: `l2l --help` then answers without loading torch and the commands
     from .commands import common, runner
 
     try:
+        if pretrained:
+            if checkpoint or init_from:
+                raise L2LError("--pretrained names the checkpoint: pass it or --checkpoint / --init-from, not both")
+            from .pretrained import path
+            shipped = str(path(pretrained))
+            checkpoint, init_from = (None, shipped) if command == "meta-train" else (shipped, None)
         given = common.command_overrides(list(overrides or []), checkpoint=checkpoint, init_from=init_from, **keys)
         if not multirun:
             return runner(command)(common.compose(given))
@@ -138,16 +148,20 @@ def _print_evaluate(r: dict) -> None:
 def meta_train(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
                resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt."),
                init_from: str | None = typer.Option(None, help="Start from a trained optimizer's weights (a run "
-                                                    "folder or .pt): fine-tuning, longer unrolls, new tasks.")):
-    _print_meta_train(_run("meta-train", overrides, multirun, init_from=init_from, **{"train.resume": resume}))
+                                                    "folder or .pt): fine-tuning, longer unrolls, new tasks."),
+               pretrained: str | None = PRETRAINED):
+    _print_meta_train(_run("meta-train", overrides, multirun, init_from=init_from, pretrained=pretrained,
+                           **{"train.resume": resume}))
 
 
 @app.command(context_settings=EXTRA, short_help="Evaluate an optimizer on fresh test problems.",
              help=f"Evaluate an optimizer on fresh test problems. {GROUPS_HELP}")
 def evaluate(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
              checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
-             baselines: str | None = typer.Option(None, help="A sweep-baselines run folder or its best.csv.")):
-    _print_evaluate(_run("evaluate", overrides, multirun, checkpoint=checkpoint, **{"eval.baselines": baselines}))
+             baselines: str | None = typer.Option(None, help="A sweep-baselines run folder or its best.csv."),
+             pretrained: str | None = PRETRAINED):
+    _print_evaluate(_run("evaluate", overrides, multirun, checkpoint=checkpoint, pretrained=pretrained,
+                         **{"eval.baselines": baselines}))
 
 
 @app.command("sweep-baselines", context_settings=EXTRA,
@@ -177,10 +191,12 @@ def experiment(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRU
                   "tuned on each. "
                   f"{GROUPS_HELP}")
 def generalize(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
-               checkpoint: str = typer.Option(..., help="A meta-train run folder or .pt file."),
+               checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
                sub: str | None = typer.Option(None, help="Figure 7's LSTM-sub: a meta-train run on the held-out "
-                                              "labels (task.classes=heldout5), raced beside the checkpoint.")):
-    r = _run("generalize", overrides, multirun, checkpoint=checkpoint, **{"generalize.sub": sub})
+                                              "labels (task.classes=heldout5), raced beside the checkpoint."),
+               pretrained: str | None = PRETRAINED):
+    r = _run("generalize", overrides, multirun, checkpoint=checkpoint, pretrained=pretrained,
+             **{"generalize.sub": sub})
     t = r["table"].copy()
     if "ratio_low" in t:
         t["95% interval"] = _intervals(t)
@@ -229,6 +245,45 @@ def data_download(dataset: str = typer.Argument(..., help="mnist or cifar10"),
     except L2LError as e:
         _fail(e)
     out.print(f"{dataset}: {len(files)} file(s) verified in {root}")
+
+
+@pretrained_app.callback(invoke_without_command=True)
+def pretrained_list(ctx: typer.Context):
+    """List the shipped rules with their cards."""
+    if ctx.invoked_subcommand:
+        return
+    import pandas as pd
+
+    from .pretrained import HERE, cards
+
+    rows = [{"name": c["name"], "task": c["task"], "data": c["data"].get("source", "-"), "recipe": c["recipe"],
+             "meta-train s": c["meta_training"]["seconds"], "test ratio": c["test"]["ratio"],
+             "95% interval": "-".join(f"{x:.3f}" for x in c["test"]["ratio_95"] if x is not None) or "-",
+             "vs": f"{c['test']['best_baseline']} lr {c['test']['best_baseline_lr']:.3g}",
+             "code": c["code_version"]} for c in cards()]
+    if not rows:
+        out.print(f"no pretrained rules in {HERE}")
+        return
+    _table(pd.DataFrame(rows), "pretrained rules (ratio: mean final test loss / best tuned baseline's)")
+    out.print(escape(f"use: l2l evaluate --pretrained NAME, or TorchOptimizer.pretrained(NAME, model); cards in "
+                     f"{HERE}"), highlight=False, soft_wrap=True)
+
+
+@pretrained_app.command("add", help="Ship the rule an evaluate run measured (the evaluate folder of `l2l "
+                        "experiment`): its weights and config as NAME.pt, its card as NAME.json.")
+def pretrained_add(run: str = typer.Argument(..., help="An evaluate run folder (test problems, swept baselines)."),
+                   name: str = typer.Option(..., help="The rule's name, e.g. the task's."),
+                   folder: str | None = typer.Option(None, help="Where to write (default: inside the package).")):
+    from pathlib import Path
+
+    from .pretrained import HERE, add
+
+    try:
+        c = add(run, name, Path(folder) if folder else HERE)
+    except L2LError as e:
+        _fail(e)
+    out.print(f"pretrained {name}: {c['task']} ({c['data'].get('source', '-')}), test ratio {c['test']['ratio']:.3f} "
+              f"to {c['test']['best_baseline']} -> {Path(folder) if folder else HERE}/{name}.pt")
 
 
 def main() -> None:

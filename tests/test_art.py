@@ -225,6 +225,7 @@ def test_a_checkpoint_trained_with_an_odd_style_path_evaluates(make_cfg, tmp_pat
     assert ev["data"]["style"].startswith(style.stem)
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_a_style_folder_and_a_variant_too_big_for_the_style_are_refused_before_work(tmp_path):
     one_line_error(l2l("sweep-baselines", *SMALL, f"task.style={tmp_path}", out=tmp_path), "is a folder")
     style = tmp_path / "small.png"

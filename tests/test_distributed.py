@@ -85,6 +85,7 @@ def _rank_with_a_blown_up_problem(rank: int, port: int, batch: tuple, out: str) 
     world.leave()
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_a_meta_step_not_finite_on_one_rank_is_refused_on_every_rank(tmp_path):
     batch = build(compose([]).task).sample("train", 4, seed=0)
     out = str(tmp_path / "rank")

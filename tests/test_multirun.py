@@ -62,6 +62,7 @@ def test_a_bad_value_in_any_job_refuses_the_multirun_before_any_job_runs(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_ctrl_c_stops_the_multirun_and_a_rerun_runs_what_did_not_finish(tmp_path, monkeypatch):
     from l2lcli.commands import train
 
@@ -116,6 +117,7 @@ def test_the_cli_multirun_prints_the_index_and_a_sweep_without_m_is_refused(tmp_
     one_line_error(l2l("meta-train", "hydra/launcher=joblib", out=tmp_path / "out"), "add -m")
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_submitit_local_runs_the_jobs_as_submitit_jobs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     r = launch(tmp_path, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",

@@ -114,6 +114,7 @@ def run(cfg: DictConfig) -> dict:
         problems.pictures(finals, run_dir / "images.png")  # where the task has pictures (art: Figure 8's grid)
         results = {"command": "evaluate", "run_dir": str(run_dir), "task": cfg.task.name,
                    "data": setup.task.describe(), "steps": setup.steps, "split": cfg.eval.split,
-                   "problems": cfg.eval.problems, "checkpoint": cfg.eval.checkpoint, "rows": summary.to_dict("records")}
+                   "eval_seed": cfg.eval.seed, "problems": cfg.eval.problems, "checkpoint": cfg.eval.checkpoint,
+                   "rows": summary.to_dict("records")}
         log.write_json(run_dir / "summary.json", results)
     return {**results, "table": summary, "loggers": log.report()}

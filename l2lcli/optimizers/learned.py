@@ -51,24 +51,30 @@ class LearnedOptimizer(nn.Module):
             out[group].append(name)
         return {g: ns for g, ns in out.items() if ns}
 
-    def init_state(self, params, kinds: dict[str, str] | None = None):
-        """The networks' states, and which parameters each network updates (fixed for the whole run)."""
+    def init_state(self, params, kinds: dict[str, str] | None = None, groups: dict[str, list[str]] | None = None):
+        """The networks' states, and which parameters each network updates (fixed for the whole run): `groups`
+        ({net: [names]}) if given, else the rule's own selectors (see assign)."""
         ref = next(iter(params.values()))
         N = ref.shape[0]
-        groups = self.assign(params, kinds)
+        groups = groups or self.assign(params, kinds)
         nets = {g: self.nets[g].init_state(N, sum(params[k][0].numel() for k in ks), ref.device, ref.dtype)
                 for g, ks in groups.items()}
         return {"groups": groups, "nets": nets}
 
-    def step(self, params, grads, state):
-        new_params, nets = {}, {}
+    def updates(self, grads, state):
+        """Each parameter's update ({name: tensor shaped like its gradient}) and the new state."""
+        out, nets = {}, {}
         for g, names in state["groups"].items():
-            N = params[names[0]].shape[0]
+            N = grads[names[0]].shape[0]
             flat = torch.cat([grads[k].reshape(N, -1) for k in names], 1)
             update, nets[g] = self.nets[g](flat, state["nets"][g])
-            for k, u in zip(names, update.split([params[k][0].numel() for k in names], 1), strict=True):
-                new_params[k] = params[k] + u.view_as(params[k])
-        return new_params, {"groups": state["groups"], "nets": nets}
+            for k, u in zip(names, update.split([grads[k][0].numel() for k in names], 1), strict=True):
+                out[k] = u.view_as(grads[k])
+        return out, {"groups": state["groups"], "nets": nets}
+
+    def step(self, params, grads, state):
+        updates, state = self.updates(grads, state)
+        return {k: params[k] + u for k, u in updates.items()}, state
 
 
 class LSTMOptimizer(LearnedOptimizer):
