@@ -256,17 +256,20 @@ def pretrained_list(ctx: typer.Context):
 
     from .pretrained import HERE, cards
 
-    rows = [{"name": c["name"], "task": c["task"], "data": c["data"].get("source", "-"), "recipe": c["recipe"],
-             "meta-train s": c["meta_training"]["seconds"], "test ratio": c["test"]["ratio"],
-             "95% interval": "-".join(f"{x:.3f}" for x in c["test"]["ratio_95"] if x is not None) or "-",
-             "vs": f"{c['test']['best_baseline']} lr {c['test']['best_baseline_lr']:.3g}",
-             "code": c["code_version"]} for c in cards()]
+    rows = [{"name": c["name"], "data": c["data"].get("source", "-"),
+             "test ratio (95%)": f"{c['test']['ratio']:.3f} ({_span(c['test']['ratio_95'])})",
+             "vs": f"{c['test']['best_baseline']} {c['test']['best_baseline_lr']:.3g}",
+             "meta-train": f"{c['meta_training']['seconds'] / 60:.0f} min"} for c in cards()]
     if not rows:
         out.print(f"no pretrained rules in {HERE}")
         return
     _table(pd.DataFrame(rows), "pretrained rules (ratio: mean final test loss / best tuned baseline's)")
     out.print(escape(f"use: l2l evaluate --pretrained NAME, or TorchOptimizer.pretrained(NAME, model); cards in "
                      f"{HERE}"), highlight=False, soft_wrap=True)
+
+
+def _span(interval) -> str:
+    return "-".join(f"{x:.3f}" for x in interval) if None not in interval else "-"
 
 
 @pretrained_app.command("add", help="Ship the rule an evaluate run measured (the evaluate folder of `l2l "

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from ..errors import L2LError
 from ..runs import load_checkpoint, write_bytes, write_json
@@ -53,6 +54,7 @@ def add(evaluate_run: str | Path, name: str, folder: Path = HERE) -> dict:
         raise L2LError(f"{evaluate_run}: ship a rule measured on test problems against swept baselines: "
                        "`l2l evaluate --checkpoint RUN --baselines SWEEP` (or `l2l experiment`)")
     ckpt = load_checkpoint(ev["checkpoint"])
+    eval_seed = OmegaConf.load(Path(evaluate_run) / "config.yaml").eval.seed
     train = _summary(Path(ckpt["path"]).parent, "meta-train")
     rule, row = learned[0], min((r for r in ev["rows"] if not r["learned"] and not r["diverged"]),
                                 key=lambda r: r["final_loss"])
@@ -62,14 +64,14 @@ def add(evaluate_run: str | Path, name: str, folder: Path = HERE) -> dict:
         "meta_training": {k: train[k] for k in ("seconds", "epochs", "best_epoch", "trajectories", "stop_reason",
                                                 "best_val_loss", "optimizee_steps_per_second")}
         | {"threads": ckpt["config"].device.threads, "seed": ckpt["config"].seed},
-        "test": {"problems": ev["problems"], "steps": ev["steps"], "eval_seed": ev.get("eval_seed"),
+        "test": {"problems": ev["problems"], "steps": ev["steps"], "eval_seed": eval_seed,
                  "final_loss": rule["final_loss"], "best_baseline": row["optimizer"], "best_baseline_lr": row["lr"],
                  "best_baseline_final_loss": row["final_loss"], "ratio": rule["ratio_to_best_baseline"],
                  "ratio_95": [rule.get("ratio_low"), rule.get("ratio_high")]},
         "sources": {"meta_train": train["run_dir"], "evaluate": ev["run_dir"]},
     }
     buffer = io.BytesIO()
-    torch.save({k: ckpt[k] for k in KEPT if k in ckpt} | {"config": _yaml(ckpt["config"])}, buffer)
+    torch.save({k: ckpt[k] for k in KEPT if k in ckpt} | {"config": OmegaConf.to_yaml(ckpt["config"])}, buffer)
     write_bytes(folder / f"{name}.pt", buffer.getvalue())
     write_json(folder / f"{name}.json", info)
     return info
@@ -84,7 +86,3 @@ def _summary(run: Path, command: str) -> dict:
         raise L2LError(f"'{run}' is a {s.get('command')} run, not {command}: pass the experiment's evaluate folder")
     return s
 
-
-def _yaml(cfg) -> str:
-    from omegaconf import OmegaConf
-    return OmegaConf.to_yaml(cfg)
