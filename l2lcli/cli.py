@@ -30,7 +30,7 @@ pretrained_app = typer.Typer(help="The trained rules shipped with l2l: list them
 app.add_typer(pretrained_app, name="pretrained")
 PRETRAINED = typer.Option(None, "--pretrained", help="A rule shipped with l2l (`l2l pretrained` lists them), in place "
                           "of a checkpoint.")
-out = Console()
+out = Console() if sys.stdout.isatty() else Console(width=160)  # logs and pipes: whole tables, not cut at 80
 err = Console(stderr=True)
 
 
@@ -132,13 +132,17 @@ def _intervals(t) -> list[str]:
 
 def _print_evaluate(r: dict) -> None:
     t = r["table"]
-    shown = t[["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"]].copy()
+    shown = t[["optimizer", "lr", "final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step",
+               "cost_vs_adam"]].copy()
     if "ratio_low" in t:  # the ratio with its 95% bootstrap interval over the problems, in one column
         shown.insert(5, "95% interval", _intervals(t))
     shown = shown.rename(columns={"log10_final_loss": "log10", "ratio_to_best_baseline": "ratio",
-                                  "ms_per_step": "ms/step"})
+                                  "ms_per_step": "ms/step", "cost_vs_adam": "x adam"})
     _table(shown,
            f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
+    for row in t[t["learned"]].itertuples():
+        out.print(f"{row.optimizer}: ms/step counts warm steps; its first step took {row.first_step_ms:.0f} ms "
+                  "(compiling the cells, first allocations)")
     out.print(f"evaluate (data {_data(r)}) -> {r['run_dir']}")
     _print_loggers(r)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import NamedTuple
 
@@ -26,8 +27,9 @@ def loss_and_grads(problems: ProblemBatch, params: dict, t: int, retain_graph: b
 
 class Rollout(NamedTuple):
     curve: torch.Tensor   # losses [steps + 1, N] of theta_0 .. theta_steps (N = replicas * B)
-    seconds: float        # per step
+    seconds: float        # per warm step: every step after the first
     params: dict          # theta_steps, detached
+    first_seconds: float  # the first step, with what it compiles or allocates once
 
 
 def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) -> Rollout:
@@ -35,8 +37,8 @@ def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) ->
     params = replicate(problems.init_params(), replicas)
     state = optimizer.init_state(params, problems.kinds)
     curve = []
-    sync = params[next(iter(params))].device.type == "cuda"
-    start = time.perf_counter()
+    sync = torch.cuda.synchronize if params[next(iter(params))].device.type == "cuda" else lambda: None
+    times = [time.perf_counter()]
     for t in range(steps + 1):
         with torch.enable_grad():
             _, loss, grads = loss_and_grads(problems, params, t)
@@ -45,7 +47,11 @@ def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) ->
             break
         with torch.no_grad():
             params, state = optimizer.step({k: v.detach() for k, v in params.items()}, grads, state)
-    if sync:
-        torch.cuda.synchronize()
-    seconds = (time.perf_counter() - start) / max(steps, 1)
-    return Rollout(torch.stack(curve), seconds, {k: v.detach() for k, v in params.items()})
+        if t == 0:  # the one host synchronisation: compiling and first allocations are timed apart
+            sync()
+            times.append(time.perf_counter())
+    sync()
+    times.append(time.perf_counter())
+    first = times[1] - times[0] if len(times) == 3 else math.nan
+    seconds = (times[-1] - times[-2]) / (steps - 1) if steps > 1 else (times[-1] - times[0]) / max(steps, 1)
+    return Rollout(torch.stack(curve), seconds, {k: v.detach() for k, v in params.items()}, first)

@@ -61,15 +61,16 @@ def test_conf_ships_inside_the_wheel(tmp_path):
     wheel = next(tmp_path.glob("l2lcli-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for f in ("l2lcli/conf/config.yaml", "l2lcli/conf/task/quadratic.yaml", "l2lcli/conf/optimizer/lstm.yaml",
-              "l2lcli/conf/device/cpu.yaml"):
-        assert f in names
+              "l2lcli/conf/device/cpu.yaml", "l2lcli/pretrained/quadratic.pt", "l2lcli/pretrained/quadratic.json"):
+        assert f in names  # the configs, and the shipped rules with their cards
     # and composing from the installed wheel alone works
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = "from l2lcli.config import compose; print(compose(['task=quadratic']).task.name)"
+    code = ("from l2lcli.config import compose; from l2lcli.pretrained import names; "
+            "print(compose(['task=quadratic']).task.name, names())")
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
-    assert res.stdout.strip() == "quadratic", res.stderr
+    assert res.stdout.strip().startswith("quadratic [") and "'quadratic'" in res.stdout, res.stderr
 
 
 def test_each_task_defaults_to_its_best_recipe_and_the_paper_is_one_override_away():

@@ -75,14 +75,15 @@ def race(problems, optimizers: dict, baselines: pd.DataFrame, steps: int):
     runs += [(b.optimizer, b.lr, build(baseline_config(b.optimizer, b.lr))) for b in baselines.itertuples()]
     curves, rows, finals, params = [], [], [], {}
     for row, (label, lr, opt) in enumerate(runs):
-        curve, seconds, params[label] = rollout(problems, opt, steps)
+        curve, seconds, params[label], first = rollout(problems, opt, steps)
         curves.append(curve_frame(label, lr, opt.learned, curve))
         finals.append(pd.DataFrame({"row": row, "optimizer": label, "problem": range(curve.shape[1]),
                                     "final_loss": curve[-1].double().cpu().numpy()}))
         final = curve[-1].double().mean().item()
         rows.append({"optimizer": label, "lr": lr, "learned": opt.learned, "final_loss": final,
                      "log10_final_loss": math.log10(final) if final > 0 else math.nan,
-                     "diverged": not math.isfinite(final), "ms_per_step": 1e3 * seconds})
+                     "diverged": not math.isfinite(final), "ms_per_step": 1e3 * seconds,
+                     "first_step_ms": 1e3 * first})  # warm steps only in ms_per_step; compiling is in the first
     summary = pd.DataFrame(rows)
     base = summary[~summary["learned"] & ~summary["diverged"]]
     best_base = base["final_loss"].min() if len(base) else math.nan

@@ -27,7 +27,7 @@ def lr_grid(cfg: DictConfig) -> list[float]:
 def sweep_baseline(name: str, lrs: list[float], problems, steps: int) -> pd.DataFrame:
     """Every learning rate of one baseline at once: replicas of the problem batch along the problem dimension."""
     optimizer = build(baseline_config(name), lr=per_replica(lrs, problems.batch))
-    curve, seconds_per_step, _ = rollout(problems, optimizer, steps, replicas=len(lrs))
+    curve, seconds_per_step, *_ = rollout(problems, optimizer, steps, replicas=len(lrs))
     final = by_replica(curve[-1], problems.batch).double().cpu()
     bad = ~torch.isfinite(final)
     mean = final.mean(1)

@@ -34,7 +34,7 @@ TABLES = {
                                               "seconds", "epoch_seconds", "optimizee_steps_per_second")),
     "curves.csv": Table("curve", "step", ("mean_loss", "median_loss")),
     "summary.csv": Table("final", None, ("final_loss", "ratio_to_best_baseline", "ratio_low", "ratio_high",
-                                         "ms_per_step", "cost_vs_adam")),
+                                         "ms_per_step", "first_step_ms", "cost_vs_adam")),
     "sweep.csv": Table("sweep", None, ("lr", "final_loss", "diverged_fraction")),
     "best.csv": Table("best", None, ("lr", "final_loss")),
     "generalize.csv": Table("generalize", None, ("learned_final_loss", "best_baseline_final_loss", "ratio",
