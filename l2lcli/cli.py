@@ -231,6 +231,27 @@ def log(run: str = typer.Argument(..., help="A run folder under outputs/<command
         raise typer.Exit(1)
 
 
+REPORT_RUNS = typer.Argument(None, help="Run folders or folders holding them (default: outputs).", show_default=False)
+
+
+@app.command(short_help="The reproduction report: every claim of the paper with its measured verdict.",
+             help="Build a report (Markdown with PNG figures) of every claim of the paper from the run folders under "
+                  "RUNS (default: outputs): each claim's ratio to the best tuned baseline per meta-training seed, its "
+                  "95% bootstrap interval, the spread over seeds, the verdict, the data and the commands.")
+def report(runs: list[str] | None = REPORT_RUNS,
+           to: str = typer.Option("docs/report.md", "--out", help="The Markdown file (figures beside it).")):
+    from .report.build import run as build_report
+
+    try:
+        r = build_report(list(runs or ["outputs"]), to)
+    except L2LError as e:
+        _fail(e)
+    t = r["table"]
+    _table(t[["claim", "figure", "seeds", "ratio_min", "ratio_max", "verdict"]],
+           f"{r['measured']} of {r['claims']} claims measured, from {r['runs']} runs")
+    out.print(f"report -> {r['out']}")
+
+
 @data_app.command("download", context_settings=EXTRA,
                   help="Download a dataset into data.root, checking each file's md5 (needs a network). "
                        "Fashion-MNIST installs offline: apt-get install dataset-fashion-mnist.")
@@ -294,6 +315,11 @@ def pretrained_add(run: str = typer.Argument(..., help="An evaluate run folder (
 
 
 def main() -> None:
+    import shlex
+
+    from . import runs
+
+    runs.COMMAND_LINE = shlex.join(["l2l", *sys.argv[1:]])  # each run folder keeps the command that made it
     try:
         app()
     except KeyboardInterrupt:

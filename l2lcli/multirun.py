@@ -23,6 +23,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from . import runs
 from .config import CONFIG_MODULE, check, compose, is_hydra, quoted
 from .distributed import only_meta_train
 from .errors import L2LError, one_line
@@ -131,6 +132,7 @@ def _job(command: str, parents: dict, jobs: int, cfg: DictConfig) -> dict:
         write_json(folder / JOB, {**before, "job": hc.job.num, "ran": "before"})
         return before
     record = {"job": hc.job.num, "overrides": overrides, "status": "running", "ran": "now", "run_dir": None}
+    before_line, runs.COMMAND_LINE = runs.COMMAND_LINE, shlex.join(["l2l", command, *overrides])  # its own
     write_json(folder / JOB, record)
     token = PARENT.set(parents)
     try:
@@ -150,6 +152,7 @@ def _job(command: str, parents: dict, jobs: int, cfg: DictConfig) -> dict:
         write_text(folder / "error.txt", traceback.format_exc())
     finally:
         PARENT.reset(token)
+        runs.COMMAND_LINE = before_line
     write_json(folder / JOB, record)
     return record
 

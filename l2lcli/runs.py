@@ -21,6 +21,8 @@ from .errors import L2LError, WriteError, one_line
 
 _UMASK = os.umask(0o022)  # read the process's umask (os has no getter) and put it back
 os.umask(_UMASK)
+# the command line that started this process's runs (set by the CLI and by each multirun job): kept in command.txt
+COMMAND_LINE: str | None = None
 CHECKPOINT_FORMAT = "l2l-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -45,6 +47,8 @@ def new_run_dir(cfg: DictConfig, command: str, label: str | None = None) -> Path
         raise L2LError(f"cannot create a run folder under '{parent}' ({e.strerror or e}): set out_dir=PATH "
                        "to a writable folder") from None
     write_text(path / "config.yaml", OmegaConf.to_yaml(cfg))
+    if COMMAND_LINE:
+        write_text(path / "command.txt", COMMAND_LINE + "\n")
     return path
 
 

@@ -28,6 +28,8 @@ def test_a_job_per_combination_with_an_index_of_each_jobs_run_and_figures(tmp_pa
         assert row.best_val_loss == summary["best_val_loss"] and row.best_epoch == summary["best_epoch"]
         saved = OmegaConf.load(Path(row.run_dir) / "config.yaml")
         assert f"seed={saved.seed}" in row.overrides and f"train.meta_lr={saved.train.meta_lr}" in row.overrides
+        # the job's own command line, as `l2l report` quotes it
+        assert (Path(row.run_dir) / "command.txt").read_text().startswith("l2l meta-train out_dir=")
         assert (Path(r["dir"]) / str(row.job) / ".hydra" / "overrides.yaml").is_file()  # Hydra's own record
     assert len(set(index["run_dir"])) == 4  # four run folders where single runs put them
     assert all(Path(d).parent == tmp_path / "out" / "meta-train" / "quadratic" for d in index["run_dir"])

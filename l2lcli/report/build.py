@@ -1,0 +1,223 @@
+"""`l2l report`: every claim of the paper with its measured verdict, from run folders alone.
+
+Each finished evaluate and generalize run on test problems gives measurements: (claim, meta-training seed, ratio to
+the best tuned baseline, its 95% bootstrap interval over the problems, ...). The latest run per claim, seed and
+evaluation setting counts; the verdict needs every seed on the claimed side of 1, and two seeds or more.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from ..errors import L2LError
+from ..runs import load_checkpoint, write_text
+from .claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
+
+RESULT_KEYS = {"variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "ratio_low",
+               "ratio_high", "verdict", "sub_final_loss", "sub_ratio"}
+COLUMNS = ["claim", "seed", "ratio", "ratio_low", "ratio_high", "learned_final_loss", "best_baseline",
+           "best_baseline_final_loss", "problems", "steps", "eval_seed", "data", "variant", "run_dir", "figure",
+           "checkpoint", "command"]
+MIN_SEEDS = 2
+
+
+def gather(paths: list[Path]) -> pd.DataFrame:
+    """One row per measured ratio in the finished evaluate / generalize runs under `paths` (test problems only)."""
+    rows, skipped = [], []
+    for summary in sorted({p for path in paths for p in _summaries(Path(path))}):
+        s = json.loads(summary.read_text())
+        if s.get("command") not in ("evaluate", "generalize") or s.get("split") != "test":
+            continue
+        run = summary.parent
+        cfg = OmegaConf.load(run / "config.yaml")
+        checkpoint = _find(cfg.eval.checkpoint, run)
+        if checkpoint is None:  # moved or deleted: the run cannot say which seed it measured
+            skipped.append(f"{run}: its checkpoint {cfg.eval.checkpoint} is gone")
+            continue
+        trained = load_checkpoint(checkpoint)["config"]
+        data = (s.get("data") or {}).get("source") or OmegaConf.select(cfg, "task.dataset", default="generated")
+        common = {"seed": trained.seed, "problems": s["problems"], "eval_seed": cfg.eval.seed, "run_dir": str(run),
+                  "data": data, "checkpoint": cfg.eval.checkpoint, "command": _command(run)}
+        rows += (_evaluate_rows if s["command"] == "evaluate" else _generalize_rows)(s, cfg, trained, common)
+    measured = pd.DataFrame(rows, columns=COLUMNS)
+    measured.attrs["skipped"] = skipped
+    return measured
+
+
+def _find(checkpoint: str, run: Path) -> Path | None:
+    """A checkpoint path as the run recorded it: absolute, or relative to where the run was started (the current
+    folder, or one above the run folder: runs started elsewhere are read from anywhere)."""
+    path = Path(checkpoint)
+    for base in (Path.cwd(), *run.resolve().parents):
+        if (base / path).exists():
+            try:
+                load_checkpoint(base / path)
+            except L2LError:
+                return None
+            return base / path
+    return None
+
+
+def _summaries(path: Path):
+    if path.is_file() and path.name == "summary.json":
+        yield path
+    elif path.is_dir():
+        yield from path.rglob("summary.json")
+
+
+def _evaluate_rows(s, cfg, trained, common) -> list[dict]:
+    learned = [r for r in s["rows"] if r["learned"]]
+    if not learned or not math.isfinite(learned[0]["ratio_to_best_baseline"]):
+        return []  # no swept baselines: no ratio to report
+    r = learned[0]
+    claim = evaluate_claim(OmegaConf.to_container(cfg.task, resolve=True), cfg.optimizer.name, s["steps"],
+                           trained.task.steps)
+    if claim is None:
+        return []
+    base = min((b for b in s["rows"] if not b["learned"] and not b["diverged"]), key=lambda b: b["final_loss"])
+    return [{**common, "claim": claim, "ratio": r["ratio_to_best_baseline"], "ratio_low": r.get("ratio_low"),
+             "ratio_high": r.get("ratio_high"), "learned_final_loss": r["final_loss"],
+             "best_baseline": f"{base['optimizer']} (lr {base['lr']:.3g})",
+             "best_baseline_final_loss": base["final_loss"], "steps": s["steps"], "variant": "",
+             "figure": str(Path(s["run_dir"]) / "curves.png")}]
+
+
+def _generalize_rows(s, cfg, trained, common) -> list[dict]:
+    out = []
+    figure = s["figure"]
+    if cfg.task.name == "mnist" and any(trained.task.get(k) != v for k, v in
+                                        {"hidden": 20, "layers": 1, "activation": "sigmoid"}.items()):
+        return out  # Figures 5-6 are about the paper's MLP's optimizer
+    for row in s["rows"]:
+        variant = {k: v for k, v in row.items() if k not in RESULT_KEYS}
+        for claim in generalize_claims(figure, variant):
+            out.append({**common, "claim": claim, "ratio": row["ratio"], "ratio_low": row.get("ratio_low"),
+                        "ratio_high": row.get("ratio_high"), "learned_final_loss": row["learned_final_loss"],
+                        "best_baseline": row["best_baseline"], "best_baseline_final_loss": row[
+                            "best_baseline_final_loss"], "steps": variant.get("steps", cfg.task.steps),
+                        "variant": row["variant"], "figure": str(Path(s["run_dir"]) / f"{figure}.png")})
+        if figure == "figure7" and row.get("sub_ratio") is not None and variant.get("classes"):
+            out.append({**common, "claim": "fig7-sub", "ratio": row["sub_ratio"], "ratio_low": None,
+                        "ratio_high": None, "learned_final_loss": row["sub_final_loss"],
+                        "best_baseline": row["best_baseline"], "best_baseline_final_loss": row[
+                            "best_baseline_final_loss"], "steps": cfg.task.steps, "variant": row["variant"],
+                        "figure": str(Path(s["run_dir"]) / "figure7.png")})
+    return out
+
+
+def _command(run: Path) -> str:
+    path = run / "command.txt"
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def latest(measured: pd.DataFrame) -> pd.DataFrame:
+    """The latest run of each claim, seed, variant and evaluation setting (run folders sort by time)."""
+    if measured.empty:
+        return measured
+    keys = ["claim", "seed", "variant", "steps", "problems", "eval_seed"]
+    return measured.sort_values("run_dir").groupby(keys, dropna=False, sort=False).tail(1)
+
+
+def verdict(claim_id: str, rows: pd.DataFrame, lstm: pd.DataFrame | None = None) -> str:
+    """reproduced / not reproduced / mixed over seeds / not yet run; '(one seed)' where fewer than MIN_SEEDS."""
+    if rows.empty:
+        return "not yet run"
+    expect = BY_ID[claim_id].expect
+    if expect == "beats lstm":  # against the plain LSTM of the same seed on the same problems
+        ref = {} if lstm is None else {tuple(k): r for *k, r in zip(lstm["seed"], lstm["eval_seed"], lstm["problems"],
+                                                             lstm["ratio"], strict=True)}
+        paired = [(r, ref[(s, e, p)]) for s, e, p, r in zip(rows["seed"], rows["eval_seed"], rows["problems"],
+                                                             rows["ratio"], strict=True) if (s, e, p) in ref]
+        if not paired:
+            return "not yet run (no plain LSTM of the same seed on the same problems)"
+        holds = [r < ref_r for r, ref_r in paired]
+    else:
+        holds = [(r < 1) if expect == "better" else (r > 1) for r in rows["ratio"]]
+    seeds = rows["seed"].nunique()
+    word = "reproduced" if all(holds) else "not reproduced" if not any(holds) else "mixed over seeds"
+    return word + ("" if seeds >= MIN_SEEDS or word == "mixed over seeds" else " (one seed; the report asks two)")
+
+
+def summarise(measured: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: seeds, ratio per seed, spread over seeds, verdict."""
+    kept = latest(measured)
+    rows = []
+    for c in CLAIMS:
+        mine = kept[kept["claim"] == c.id] if not kept.empty else kept
+        lstm = kept[kept["claim"] == "fig2"] if not kept.empty else None
+        ratios = mine["ratio"].tolist() if not mine.empty else []
+        rows.append({"claim": c.id, "figure": c.figure, "statement": c.statement,
+                     "seeds": int(mine["seed"].nunique()) if not mine.empty else 0,
+                     "measurements": len(mine), "ratio_min": min(ratios) if ratios else math.nan,
+                     "ratio_max": max(ratios) if ratios else math.nan,
+                     "verdict": verdict(c.id, mine, lstm), "rerun": c.rerun})
+    return pd.DataFrame(rows)
+
+
+def run(paths: list[str], out: str) -> dict:
+    """Build the report from the runs under `paths` into `out` (Markdown) and its figures folder."""
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        raise L2LError(f"no such run folder: {', '.join(missing)}: pass run folders or an outputs folder")
+    measured = gather([Path(p) for p in paths])
+    table = summarise(measured)
+    out = Path(out)
+    figures = out.parent / f"{out.stem}_figures"
+    text = markdown(table, latest(measured), figures, out.parent, paths)
+    skipped = measured.attrs.get("skipped", [])
+    if skipped:
+        text += "\n## Runs left out\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"
+    write_text(out, text)
+    return {"command": "report", "out": str(out), "claims": len(table), "table": table,
+            "measured": int((table["measurements"] > 0).sum()), "runs": int(measured["run_dir"].nunique()),
+            "skipped": skipped}
+
+
+def _fmt(x) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def markdown(table: pd.DataFrame, kept: pd.DataFrame, figures: Path, root: Path, paths: list[str]) -> str:
+    """The report: a verdict table, then each claim's measurements (per seed, with intervals) and figures."""
+    lines = ["# Reproduction report", "",
+             f"Generated by `l2l report {' '.join(paths)}` from the run folders alone. Each ratio is the learned "
+             "optimizer's mean final loss on fresh test problems over the best baseline's (SGD, RMSprop, ADAM, NAG, "
+             "learning rates swept on those same problems), with a 95% paired bootstrap interval over the problems; "
+             f"checkpoints were chosen on validation problems. A claim is reproduced when every meta-training seed "
+             f"measured lands on the claimed side, with {MIN_SEEDS} seeds or more.", "",
+             "| claim | paper | verdict | seeds | ratio (min-max over seeds) |", "|---|---|---|---|---|"]
+    for r in table.itertuples():
+        span = "-" if not r.measurements else (_fmt(r.ratio_min) if r.ratio_min == r.ratio_max
+                                               else f"{_fmt(r.ratio_min)}-{_fmt(r.ratio_max)}")
+        lines.append(f"| {r.statement} | {r.figure} | {r.verdict} | {r.seeds} | {span} |")
+    if figures.exists():
+        shutil.rmtree(figures)
+    for r in table.itertuples():
+        lines += ["", f"## {r.figure}: {r.statement}", "", f"Verdict: **{r.verdict}**. Re-run: `{r.rerun}`", ""]
+        mine = kept[kept["claim"] == r.claim] if not kept.empty else kept
+        if mine.empty:
+            lines.append("No run yet.")
+            continue
+        lines += ["| seed | variant | ratio | 95% interval | learned | best baseline | problems | steps | eval seed "
+                  "| data | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for m in mine.sort_values(["seed", "variant"]).itertuples():
+            lines.append(f"| {m.seed} | {m.variant or '-'} | {_fmt(m.ratio)} | {_fmt(m.ratio_low)}-"
+                         f"{_fmt(m.ratio_high)} | {m.learned_final_loss:.4g} | {m.best_baseline}: "
+                         f"{m.best_baseline_final_loss:.4g} | {m.problems} | {m.steps} | {m.eval_seed} | {m.data} | "
+                         f"`{m.run_dir}` |")
+        commands = sorted({m.command for m in mine.itertuples() if m.command})
+        lines += [""] + [f"    {c}" for c in commands] if commands else []
+        for m in mine.drop_duplicates("figure").itertuples():
+            src = Path(m.figure)
+            if src.is_file():
+                figures.mkdir(parents=True, exist_ok=True)
+                dst = figures / f"{r.claim}-seed{m.seed}-{src.name}"
+                shutil.copyfile(src, dst)
+                lines += ["", f"![{r.claim}, seed {m.seed}]({dst.relative_to(root)})"]
+    return "\n".join(lines) + "\n"

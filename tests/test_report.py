@@ -1,0 +1,86 @@
+"""`l2l report`: claims matched to run folders, verdicts with known answers, the Markdown and its figures."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from l2lcli.cli import app
+from l2lcli.commands import experiment
+from l2lcli.report.build import run, verdict
+from l2lcli.report.claims import CLAIMS, evaluate_claim, generalize_claims
+
+
+def rows(*ratios, seeds=None, eval_seed=0, problems=64):
+    seeds = seeds if seeds is not None else list(range(len(ratios)))
+    return pd.DataFrame({"seed": seeds, "ratio": list(ratios), "eval_seed": eval_seed, "problems": problems})
+
+
+def test_verdicts_have_known_answers():
+    assert verdict("fig2", rows()) == "not yet run"
+    assert verdict("fig2", rows(0.5, 0.9)) == "reproduced"
+    assert verdict("fig2", rows(1.1, 1.3)) == "not reproduced"
+    assert verdict("fig2", rows(0.5, 1.3)) == "mixed over seeds"
+    assert verdict("fig2", rows(0.5)) == "reproduced (one seed; the report asks two)"
+    assert verdict("fig5-relu", rows(1.5, 1.2)) == "reproduced"  # the paper says the LSTM fails on ReLU nets
+    lstm = rows(0.5, 0.6)
+    assert verdict("appD-gac", rows(0.4, 0.55), lstm) == "reproduced"  # each seed against its own plain LSTM
+    assert verdict("appD-gac", rows(0.4, 0.65), lstm) == "mixed over seeds"
+    assert verdict("appD-gac", rows(0.4, 0.55, problems=8), lstm).startswith("not yet run")  # other problems
+
+
+def test_runs_are_matched_to_the_claims_they_speak_to():
+    paper = {"name": "mnist", "hidden": 20, "layers": 1, "activation": "sigmoid", "classes": None}
+    assert evaluate_claim(paper, "lstm", 100, 100) == "fig4"
+    assert evaluate_claim(paper, "lstm", 1000, 100) == "long-mnist-1000"
+    assert evaluate_claim({**paper, "hidden": 40}, "lstm", 100, 100) is None  # generalize's, not Figure 4's
+    assert evaluate_claim({"name": "quadratic"}, "ntm_bfgs", 100, 100) == "appD-ntm"
+    assert evaluate_claim({"name": "quadratic"}, "lstm", 10000, 100) == "long-quad-10000"
+    assert evaluate_claim({"name": "cifar", "classes": "cifar2"}, "lstm", 100, 100) == "fig7-2"
+    assert generalize_claims("figure5", {"activation": "relu"}) == ["fig5-relu"]
+    assert generalize_claims("figure6", {"layers": 2, "hidden": 80}) == ["fig6"]
+    assert generalize_claims("figure8", {"style": "/my/painting.png"}) == ["fig8-style"]
+    assert len({c.id for c in CLAIMS}) == len(CLAIMS) == 19
+
+
+def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
+    measured = {}
+    for seed in (0, 1):
+        r = experiment.run(make_cfg(f"seed={seed}"))
+        learned = r["evaluate"]["table"].iloc[0]
+        measured[seed] = learned["ratio_to_best_baseline"]
+    out = tmp_path / "docs" / "report.md"
+    r = run([str(tmp_path / "outputs")], str(out))
+    fig2 = r["table"].set_index("claim").loc["fig2"]
+    assert fig2["seeds"] == 2 and fig2["ratio_min"] == min(measured.values())
+    expected = verdict("fig2", rows(*measured.values()))
+    assert fig2["verdict"] == expected and expected != "not yet run"
+    text = out.read_text()
+    assert f"| {expected} | 2 |" in text and "not yet run" in text  # the other claims are listed, not dropped
+    for ratio in measured.values():
+        assert f"| {ratio:.3f} |" in text
+    assert (out.parent / "report_figures" / "fig2-seed0-curves.png").is_file()
+    assert "](report_figures/fig2-seed0-curves.png)" in text
+
+    # a run whose checkpoint is gone is left out, and said so
+    shutil.rmtree(next((tmp_path / "outputs" / "meta-train" / "quadratic").iterdir()))
+    r = run([str(tmp_path / "outputs")], str(out))
+    assert r["table"].set_index("claim").loc["fig2", "seeds"] == 1 and len(r["skipped"]) == 1
+    assert "## Runs left out" in out.read_text()
+
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.md")])
+    assert res.exit_code == 0 and "1 of 19 claims measured" in res.output
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such run folder" in res.output
+
+
+def test_every_run_folder_keeps_the_command_that_made_it(make_cfg, monkeypatch):
+    from l2lcli import runs
+    from l2lcli.commands import train
+
+    monkeypatch.setattr(runs, "COMMAND_LINE", "l2l meta-train seed=3")
+    run_dir = Path(train.run(make_cfg())["run_dir"])
+    assert (run_dir / "command.txt").read_text() == "l2l meta-train seed=3\n"
+    assert json.loads((run_dir / "summary.json").read_text())["command"] == "meta-train"
