@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 L2L    := $(VENV)/bin/l2l
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all smoke run bench lint wheel clean pretrained
+.PHONY: install test test-slow test-all smoke run bench lint wheel clean pretrained report report-runs
 
 install: $(STAMP)
 
@@ -41,7 +41,9 @@ smoke: install
 	  sweep=$$(ls -d out/sweep-baselines/$$task/*); \
 	  $$l2l evaluate --checkpoint $$run --baselines $$sweep out_dir=out logger=many; \
 	done; \
-	echo "smoke: meta-train, evaluate, sweep-baselines, evaluate --baselines passed on $(TASKS) (runs in $$dir)"
+	$$l2l pretrained; $$l2l evaluate --pretrained quadratic recipe=smoke out_dir=out; \
+	$$l2l report out --out out/report.md; \
+	echo "smoke: meta-train, evaluate, sweep-baselines, evaluate --baselines passed on $(TASKS); pretrained, report (runs in $$dir)"
 
 run: install
 	$(L2L) experiment
@@ -56,6 +58,34 @@ pretrained-%: install
 	$(L2L) experiment task=$* $(if $(filter cifar,$*),task.dataset=$(CIFAR_DATASET)) device.threads=1 \
 	  out_dir=$(PRETRAINED_OUT)
 	$(L2L) pretrained add $$(ls -td $(PRETRAINED_OUT)/evaluate/$*/* | head -1) --name $*
+
+# The reproduction report (docs/report.md) from the runs under REPORT_RUNS (every claim; those with no run: "not yet
+# run"). `make report-runs` makes every run it needs from scratch, for each of SEEDS: the four tasks' experiments,
+# LSTM+GAC and NTM-BFGS on quadratics, Figures 5-8 (generalize; CIFAR's LSTM-sub on the held-out labels), and the
+# long horizons (1,000 steps on quadratics and MNIST, 10,000 on quadratics, baselines swept at each). Its budgets add
+# up to about 5 hours per seed on this 2-core machine (estimated from the time limits; not run end to end here).
+SEEDS       ?= 0 1
+REPORT_RUNS ?= outputs/report
+last = $$(ls -td $(REPORT_RUNS)/$(1)/* | head -1)
+report: install
+	$(L2L) report $(REPORT_RUNS) --out docs/report.md
+report-runs: install
+	@set -e; l2l=$(abspath $(L2L)); o=out_dir=$(REPORT_RUNS); for s in $(SEEDS); do \
+	  $$l2l experiment task=quadratic seed=$$s $$o; q=$(call last,meta-train/quadratic); \
+	  for opt in lstm_gac ntm_bfgs; do $$l2l experiment task=quadratic optimizer=$$opt seed=$$s $$o; done; \
+	  for n in 1000 10000; do $$l2l sweep-baselines task=quadratic eval.steps=$$n $$o; \
+	    $$l2l evaluate --checkpoint $$q --baselines $(call last,sweep-baselines/quadratic) eval.steps=$$n $$o; done; \
+	  $$l2l experiment task=mnist seed=$$s $$o; m=$(call last,meta-train/mnist); \
+	  $$l2l generalize --checkpoint $$m generalize.figure=figure5 $$o; \
+	  $$l2l generalize --checkpoint $$m generalize.figure=figure6 $$o; \
+	  $$l2l sweep-baselines task=mnist eval.steps=1000 $$o; \
+	  $$l2l evaluate --checkpoint $$m --baselines $(call last,sweep-baselines/mnist) eval.steps=1000 $$o; \
+	  $$l2l experiment task=cifar task.dataset=$(CIFAR_DATASET) seed=$$s $$o; c=$(call last,meta-train/cifar); \
+	  $$l2l meta-train task=cifar task.dataset=$(CIFAR_DATASET) task.classes=heldout5 seed=$$s $$o; \
+	  $$l2l generalize --checkpoint $$c --sub $(call last,meta-train/cifar) generalize.figure=figure7 $$o; \
+	  $$l2l experiment task=art seed=$$s $$o; \
+	  $$l2l generalize --checkpoint $(call last,meta-train/art) generalize.figure=figure8 $$o; \
+	done; $$l2l report $(REPORT_RUNS) --out docs/report.md
 
 bench: install
 	$(PY) benchmarks/bench.py

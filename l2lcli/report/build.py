@@ -21,7 +21,7 @@ from .claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
 
 RESULT_KEYS = {"variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "ratio_low",
                "ratio_high", "verdict", "sub_final_loss", "sub_ratio"}
-COLUMNS = ["claim", "seed", "ratio", "ratio_low", "ratio_high", "learned_final_loss", "best_baseline",
+COLUMNS = ["claim", "seed", "recipe", "ratio", "ratio_low", "ratio_high", "learned_final_loss", "best_baseline",
            "best_baseline_final_loss", "problems", "steps", "eval_seed", "data", "variant", "run_dir", "figure",
            "checkpoint", "command"]
 MIN_SEEDS = 2
@@ -42,7 +42,8 @@ def gather(paths: list[Path]) -> pd.DataFrame:
             continue
         trained = load_checkpoint(checkpoint)["config"]
         data = (s.get("data") or {}).get("source") or OmegaConf.select(cfg, "task.dataset", default="generated")
-        common = {"seed": trained.seed, "problems": s["problems"], "eval_seed": cfg.eval.seed, "run_dir": str(run),
+        common = {"seed": trained.seed, "recipe": OmegaConf.select(trained, "recipe.name", default="-"),
+                  "problems": s["problems"], "eval_seed": cfg.eval.seed, "run_dir": str(run),
                   "data": data, "checkpoint": cfg.eval.checkpoint, "command": _command(run)}
         rows += (_evaluate_rows if s["command"] == "evaluate" else _generalize_rows)(s, cfg, trained, common)
     measured = pd.DataFrame(rows, columns=COLUMNS)
@@ -204,10 +205,10 @@ def markdown(table: pd.DataFrame, kept: pd.DataFrame, figures: Path, root: Path,
         if mine.empty:
             lines.append("No run yet.")
             continue
-        lines += ["| seed | variant | ratio | 95% interval | learned | best baseline | problems | steps | eval seed "
-                  "| data | run |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["| seed | recipe | variant | ratio | 95% interval | learned | best baseline | problems | steps | "
+                  "eval seed | data | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for m in mine.sort_values(["seed", "variant"]).itertuples():
-            lines.append(f"| {m.seed} | {m.variant or '-'} | {_fmt(m.ratio)} | {_fmt(m.ratio_low)}-"
+            lines.append(f"| {m.seed} | {m.recipe} | {m.variant or '-'} | {_fmt(m.ratio)} | {_fmt(m.ratio_low)}-"
                          f"{_fmt(m.ratio_high)} | {m.learned_final_loss:.4g} | {m.best_baseline}: "
                          f"{m.best_baseline_final_loss:.4g} | {m.problems} | {m.steps} | {m.eval_seed} | {m.data} | "
                          f"`{m.run_dir}` |")
