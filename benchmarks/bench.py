@@ -71,7 +71,7 @@ class RowMajorLSTM:
     """The reference's optimizer: l2l's own grouping and update code (LearnedOptimizer) around RowMajorNet, sharing
     l2l's weights, so both train the same network."""
 
-    init_state, step = LearnedOptimizer.init_state, LearnedOptimizer.step
+    init_state, updates, step = LearnedOptimizer.init_state, LearnedOptimizer.updates, LearnedOptimizer.step
 
     def __init__(self, rule):
         assert not any(net.gac for net in rule.nets.values()), "the reference is the plain LSTM"
