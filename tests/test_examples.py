@@ -21,7 +21,7 @@ def example(name):
 def test_a_plain_loop_stopped_and_resumed_gives_the_numbers_of_one_run(make_cfg, tmp_path, capsys):
     main = example("train_any_model")
     ckpt = train.run(make_cfg(*MNIST_TINY))["checkpoint"]  # a rule meta-trained on MLPs; the example's is a conv net
-    args = ["--checkpoint", ckpt, "--batch", "16", "--every", "1"]
+    args = ["--checkpoint", ckpt, "--model", "conv", "--batch", "16", "--every", "1"]  # batch norm: buffers too
     one = main([*args, "--steps", "6"])
     half = tmp_path / "half.pt"
     first = main([*args, "--steps", "3", "--save", str(half)])
@@ -31,3 +31,8 @@ def test_a_plain_loop_stopped_and_resumed_gives_the_numbers_of_one_run(make_cfg,
                                                  rest["model"].state_dict().values(), strict=True))
     assert "step 6: loss" in capsys.readouterr().out
 
+
+def test_the_shipped_mnist_rule_trains_an_mlp_it_never_saw():
+    r = example("train_any_model")(["--steps", "40", "--batch", "32", "--every", "40"])
+    losses = list(r["losses"].values())
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5  # from ~2.3 (chance): it learns
