@@ -87,6 +87,7 @@ def test_ctrl_c_stops_the_multirun_and_a_rerun_runs_what_did_not_finish(tmp_path
     assert again["status"].tolist() == ["finished", "finished"] and again["ran"].tolist() == ["now", "now"]
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_joblib_runs_jobs_in_processes_with_the_cores_shared_and_the_same_numbers(tmp_path):
     basic = launch(tmp_path / "a", "seed=0,1", "device.threads=1")["table"]
     joblib = launch(tmp_path / "b", "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")["table"]

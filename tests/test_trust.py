@@ -18,7 +18,7 @@ from l2lcli.errors import L2LError
 from l2lcli.runs import atomic, load_checkpoint, new_run_dir
 from tests.conftest import TIMES, TINY
 
-RESUMABLE = [*TINY, "train.epoch_trajectories=12", "train.max_epochs=4", "train.patience=4"]
+RESUMABLE = [*TINY, "train.epoch_trajectories=8", "train.max_epochs=4", "train.patience=4"]
 
 
 def _cli(*args):
