@@ -13,9 +13,10 @@ from l2lcli.report.build import run, verdict
 from l2lcli.report.claims import CLAIMS, evaluate_claim, generalize_claims
 
 
-def rows(*ratios, seeds=None, eval_seed=0, problems=64):
+def rows(*ratios, seeds=None, eval_seed=0, problems=64, width=0.05):
     seeds = seeds if seeds is not None else list(range(len(ratios)))
-    return pd.DataFrame({"seed": seeds, "ratio": list(ratios), "eval_seed": eval_seed, "problems": problems})
+    return pd.DataFrame({"seed": seeds, "ratio": list(ratios), "ratio_low": [r - width for r in ratios],
+                         "ratio_high": [r + width for r in ratios], "eval_seed": eval_seed, "problems": problems})
 
 
 def test_verdicts_have_known_answers():
@@ -24,6 +25,8 @@ def test_verdicts_have_known_answers():
     assert verdict("fig2", rows(1.1, 1.3)) == "not reproduced"
     assert verdict("fig2", rows(0.5, 1.3)) == "mixed over seeds"
     assert verdict("fig2", rows(0.5)) == "reproduced (one seed; the report asks two)"
+    assert verdict("fig2", rows(0.5, 0.97, width=0.1)) == "within noise (an interval reaches 1)"
+    assert verdict("fig5-relu", rows(1.5, 1.04, width=0.1)) == "within noise (an interval reaches 1)"
     assert verdict("fig5-relu", rows(1.5, 1.2)) == "reproduced"  # the paper says the LSTM fails on ReLU nets
     lstm = rows(0.5, 0.6)
     assert verdict("appD-gac", rows(0.4, 0.55), lstm) == "reproduced"  # each seed against its own plain LSTM
@@ -46,16 +49,18 @@ def test_runs_are_matched_to_the_claims_they_speak_to():
 
 
 def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
-    measured = {}
+    measured, learned_rows = {}, []
     for seed in (0, 1):
         r = experiment.run(make_cfg(f"seed={seed}"))
         learned = r["evaluate"]["table"].iloc[0]
         measured[seed] = learned["ratio_to_best_baseline"]
+        learned_rows.append({"seed": seed, "ratio": learned["ratio_to_best_baseline"], "eval_seed": 0,
+                             "problems": 32, "ratio_low": learned["ratio_low"], "ratio_high": learned["ratio_high"]})
     out = tmp_path / "docs" / "report.md"
     r = run([str(tmp_path / "outputs")], str(out))
     fig2 = r["table"].set_index("claim").loc["fig2"]
     assert fig2["seeds"] == 2 and fig2["ratio_min"] == min(measured.values())
-    expected = verdict("fig2", rows(*measured.values()))
+    expected = verdict("fig2", pd.DataFrame(learned_rows))
     assert fig2["verdict"] == expected and expected != "not yet run"
     text = out.read_text()
     assert f"| {expected} | 2 |" in text and "not yet run" in text  # the other claims are listed, not dropped
