@@ -51,12 +51,14 @@ run: install
 # Regenerate the rules shipped in l2lcli/pretrained/: each task's default recipe meta-trained, swept and evaluated by
 # `l2l experiment` (one thread each; `make -j2 pretrained` runs two at once), then shipped with its card by
 # `l2l pretrained add`. About an hour on 2 cores. CIFAR_DATASET=cifar10 where the CIFAR-10 archive is in data.root.
-CIFAR_DATASET  ?= fashion_mnist
-PRETRAINED_OUT ?= outputs/pretrained
+CIFAR_DATASET   ?= fashion_mnist
+PRETRAINED_OUT  ?= outputs/pretrained
+PRETRAINED_ARGS ?=
+# e.g. make pretrained-mnist PRETRAINED_ARGS=train.time_limit=3600
 pretrained: $(addprefix pretrained-,$(TASKS))
 pretrained-%: install
 	$(L2L) experiment task=$* $(if $(filter cifar,$*),task.dataset=$(CIFAR_DATASET)) device.threads=1 \
-	  out_dir=$(PRETRAINED_OUT)
+	  out_dir=$(PRETRAINED_OUT) $(PRETRAINED_ARGS)
 	$(L2L) pretrained add $$(ls -td $(PRETRAINED_OUT)/evaluate/$*/* | head -1) --name $*
 
 # The reproduction report (docs/report.md) from the runs under REPORT_RUNS (every claim; those with no run: "not yet

@@ -281,7 +281,8 @@ def pretrained_list(ctx: typer.Context):
 
     from .pretrained import HERE, cards
 
-    rows = [{"name": c["name"], "data": " ".join(filter(None, (c["data"].get("dataset"), c["data"].get("source")))),
+    rows = [{"name": c["name"], "data": " ".join(filter(None, (c["data"].get("dataset"),
+                                                              c["data"].get("source", "").split(",")[0]))),
              "test ratio (95%)": f"{c['test']['ratio']:.3f} ({_span(c['test']['ratio_95'])})",
              "vs": f"{c['test']['best_baseline']} {c['test']['best_baseline_lr']:.3g}",
              "meta-train": f"{c['meta_training']['seconds'] / 60:.0f} min"} for c in cards()]

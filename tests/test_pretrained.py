@@ -9,9 +9,10 @@ from typer.testing import CliRunner
 from l2lcli import pretrained
 from l2lcli.cli import app
 from l2lcli.commands import experiment
+from l2lcli.config import group_choices
 from l2lcli.errors import L2LError
 from l2lcli.optimizers.torch_optim import TorchOptimizer
-from l2lcli.runs import load_rule
+from l2lcli.runs import load_checkpoint, load_rule
 from tests.conftest import TINY
 
 CARD = {"name", "task", "optimizer", "recipe", "data", "code_version", "shipped", "meta_training", "test", "sources"}
@@ -52,6 +53,16 @@ def test_an_evaluation_without_swept_baselines_is_not_shipped(make_cfg, tmp_path
 
 def _tiny(make_cfg):
     return [f"out_dir={make_cfg().out_dir}", "eval.problems=32", "task.steps=20", "device.compile=false"]
+
+
+def test_every_task_ships_a_rule_with_a_complete_card_that_loads():
+    assert set(pretrained.names()) >= set(group_choices("task"))
+    for c in pretrained.cards():
+        assert CARD <= set(c) and c["task"] in group_choices("task") and c["test"]["eval_seed"] is not None
+        assert c["test"]["problems"] >= 8 and c["meta_training"]["seconds"] > 0
+        ckpt = load_checkpoint(pretrained.path(c["name"]))
+        assert ckpt["task"] == c["task"] and ckpt["code_version"] == c["code_version"]
+        load_rule(pretrained.path(c["name"]))  # builds and loads with this code
 
 
 def test_the_cli_lists_evaluates_and_refuses(make_cfg, tmp_path):
