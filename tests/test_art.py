@@ -189,6 +189,7 @@ def test_the_loss_is_content_plus_style_plus_smoothness_for_every_replica():
     assert torch.allclose(gram(f)[1], f[1].reshape(5, -1) @ f[1].reshape(5, -1).T / 12)
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_meta_train_evaluate_sweep_and_figure8_on_art(make_cfg, tmp_path):
     cfg = make_cfg(*SMALL, tiny=False)
     trained = train.run(cfg)

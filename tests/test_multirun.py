@@ -96,6 +96,7 @@ def test_joblib_runs_jobs_in_processes_with_the_cores_shared_and_the_same_number
         assert OmegaConf.load(Path(run) / "config.yaml").device.threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
+@pytest.mark.slow  # kept out of the default suite's 5 minutes; `make test-all` runs it
 def test_a_multirun_is_one_mlflow_parent_run_with_a_child_per_job(tmp_path):
     pytest.importorskip("mlflow")
     from mlflow import MlflowClient
