@@ -165,6 +165,8 @@ def test_what_it_cannot_do_is_one_clear_error(rule, make_cfg):
         TorchOptimizer(cnn(), build(make_cfg("optimizer=adam").optimizer))
     with pytest.raises(L2LError, match="no parameters"):
         TorchOptimizer([], rule)
+    with pytest.raises(L2LError, match="one bare tensor"):
+        TorchOptimizer(nn.Parameter(torch.zeros(3)), rule)
     emb = nn.Embedding(10, 3, sparse=True)
     opt = TorchOptimizer(emb, build(make_cfg().optimizer))
     emb(torch.tensor([1, 2])).sum().backward()

@@ -153,10 +153,10 @@ def _groups(params, kinds: dict[str, str] | None) -> tuple[list[dict], dict[str,
         named, found = list(module.named_parameters()), roles(module)
         groups = [{"params": [p for _, p in named]}]
     else:
-        groups = list(params) if isinstance(params, Iterable) else None
+        groups = list(params) if isinstance(params, Iterable) and not isinstance(params, torch.Tensor) else None
         if not groups:
-            raise L2LError("TorchOptimizer: no parameters given: pass a model, model.named_parameters(), "
-                           "parameters or parameter groups")
+            raise L2LError("TorchOptimizer: no parameters given (or one bare tensor): pass a model, "
+                           "model.named_parameters(), a list of parameters or parameter groups")
         if not isinstance(groups[0], dict):
             groups = [{"params": groups}]
         named = []
