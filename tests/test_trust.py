@@ -25,6 +25,7 @@ def _cli(*args):
     return [sys.executable, "-m", "l2lcli.cli", *args]
 
 
+@pytest.mark.slow  # three meta-trainings in subprocesses: kept out of the default suite's 5 minutes
 def test_sigkill_then_resume_gives_the_numbers_of_an_uninterrupted_run(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     ref = subprocess.run(_cli("meta-train", f"out_dir={tmp_path / 'ref'}", *RESUMABLE), env=env,
