@@ -144,8 +144,7 @@ def verdict(claim_id: str, rows: pd.DataFrame, lstm: pd.DataFrame | None = None)
         holds = [side(r) for r in rows["ratio"]]
         # the whole interval on the claimed side (a row without one is judged on its ratio)
         far = rows["ratio_high"] if expect == "better" else rows["ratio_low"]
-        clear = [side(f) if f is not None and not pd.isna(f) else h
-                 for f, h in zip(far if far is not None else [None] * len(holds), holds, strict=True)]
+        clear = [h if pd.isna(f) else side(f) for f, h in zip(far, holds, strict=True)]
     seeds = rows["seed"].nunique()
     if all(holds):
         word = "reproduced" if all(clear) else "within noise (an interval reaches 1)"
