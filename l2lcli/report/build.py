@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from ..errors import L2LError
 from ..runs import load_checkpoint, write_text
-from .claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
+from .claims import BY_ID, CLAIMS, PAPER_MLP, evaluate_claim, generalize_claims
 
 RESULT_KEYS = {"variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "ratio_low",
                "ratio_high", "verdict", "sub_final_loss", "sub_ratio"}
@@ -92,8 +92,7 @@ def _evaluate_rows(s, cfg, trained, common) -> list[dict]:
 def _generalize_rows(s, cfg, trained, common) -> list[dict]:
     out = []
     figure = s["figure"]
-    if cfg.task.name == "mnist" and any(trained.task.get(k) != v for k, v in
-                                        {"hidden": 20, "layers": 1, "activation": "sigmoid"}.items()):
+    if cfg.task.name == "mnist" and any(trained.task.get(k) != v for k, v in PAPER_MLP.items()):
         return out  # Figures 5-6 are about the paper's MLP's optimizer
     for row in s["rows"]:
         variant = {k: v for k, v in row.items() if k not in RESULT_KEYS}
