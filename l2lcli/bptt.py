@@ -7,6 +7,7 @@ import math
 import torch
 
 from .distributed import SOLO, World
+from .optimizers.cells import compile_unroll, compiled
 from .rollout import loss_and_grads, rollout
 
 META_LOSSES = ("sum", "final", "log_sum", "relative")
@@ -23,19 +24,19 @@ def tree_detach(x):
     return x
 
 
-def meta_loss_term(loss: torch.Tensor, t: int, T: int, kind: str, scale: float = 1.0) -> torch.Tensor:
+def meta_loss_term(loss: torch.Tensor, kind: str, scale: torch.Tensor | float = 1.0, last: bool = False):
     """This step's share of the meta-loss L(phi) = sum_t w_t f(theta_t), averaged over the problems.
 
     `relative` weights step t by 1 / (running mean loss at step t), `scale`: every step's relative progress counts
     alike, as in log_sum, but the loss stays linear, so one near-zero minibatch loss cannot dominate the way its
-    log does (and the meta-objective stays the mean loss that evaluation reports).
+    log does (and the meta-objective stays the mean loss that evaluation reports). `final` counts the `last` step.
     """
     if kind == "sum":
         return loss.mean()
     if kind == "relative":
         return loss.mean() / scale
     if kind == "final":
-        return loss.mean() if t == T else loss.new_zeros(())
+        return loss.mean() if last else loss.new_zeros(())
     return loss.clamp_min(1e-30).log().mean()  # log_sum
 
 
@@ -48,7 +49,39 @@ def validate(problems, optimizer, steps: int) -> float:
     return final if math.isfinite(final) else math.inf
 
 
-def trajectory(problems, optimizer, meta, steps: int, unroll: int, meta_loss: str = "sum",
+def traced_loss_and_grads(problems, params: dict, inputs: tuple, second_derivatives: bool = False):
+    """loss_and_grads as torch.compile can trace it: the loss of one step's `inputs` through the graph (for the
+    meta-loss), and the gradient by torch.func at detached parameters (the paper's d grad / d phi = 0)."""
+    at = params if second_derivatives else {k: v.detach() for k, v in params.items()}
+    grads = torch.func.grad(lambda p: problems.loss_with(p, inputs).sum())(at)
+    return params, problems.loss_with(params, inputs), grads
+
+
+def eager_loss_and_grads(problems, params: dict, t: int, second_derivatives: bool = False):
+    return loss_and_grads(problems, params, t, retain_graph=True, create_graph=second_derivatives)
+
+
+def unroll(problems, optimizer, params, state, grads, steps: list, scales: torch.Tensor, kind: str, ends: bool,
+           second_derivatives: bool, step_fn=eager_loss_and_grads):
+    """One truncation: an optimizee step for each of `steps` (what `step_fn` needs: t, or a traced step's inputs).
+
+    Returns the meta-loss, each step's mean loss [n] (detached), and the parameters, state and gradients after.
+    `scales` are the running mean losses that `relative` divides by (NaN: not known yet, the step's own loss);
+    `ends`: the last step is the trajectory's. A function of tensors, so torch.compile can take it whole, forward
+    and backward: one graph instead of hundreds of small operations per step.
+    """
+    total, means = 0.0, []
+    for i, step in enumerate(steps):
+        params, state = optimizer.step(params, grads, state)
+        params, loss, grads = step_fn(problems, params, step, second_derivatives)
+        mean = loss.detach().mean()
+        scale = torch.where(scales[i].isnan(), torch.where(mean.isfinite(), mean, torch.ones_like(mean)), scales[i])
+        total = total + meta_loss_term(loss, kind, scale=scale.clamp_min(1e-12), last=ends and i == len(steps) - 1)
+        means.append(mean)
+    return total, torch.stack(means), params, state, grads
+
+
+def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_loss: str = "sum",
                second_derivatives: bool = False, grad_clip: float | None = None,
                step_loss: list | None = None, world: World = SOLO) -> tuple[float, bool]:
     """One trajectory on a fresh problem batch: `steps` optimizee steps cut into unrolls, a meta step after each.
@@ -56,29 +89,40 @@ def trajectory(problems, optimizer, meta, steps: int, unroll: int, meta_loss: st
     Returns the trajectory's mean loss, and False if a meta step was not finite (nothing was changed then, and the
     rest of the trajectory, whose optimizee has blown up, is dropped). `step_loss` holds the running mean loss at
     each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories). With
-    other processes (`world`), each meta-gradient is averaged over them before the step.
+    other processes (`world`), each meta-gradient is averaged over them before the step. A small trajectory of a
+    task whose loss is traceable runs each unroll as one compiled graph (`device.compile_unroll`).
     """
     step_loss = step_loss if step_loss is not None else []
     params = problems.init_params()
     state = optimizer.init_state(params, problems.kinds)
     params, loss, grads = loss_and_grads(problems, params, 0)
-    total, mean_loss = 0.0, 0.0
-    for t in range(1, steps + 1):
-        params, state = optimizer.step(params, grads, state)
-        params, loss, grads = loss_and_grads(problems, params, t, retain_graph=True,
-                                             create_graph=second_derivatives)
-        mean = world.mean(loss.detach().mean().item(), loss.device)  # the whole batch's, over every rank
-        if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
-            step_loss.append(mean if math.isfinite(mean) else 1.0)
-        total = total + meta_loss_term(loss, t, steps, meta_loss, scale=max(step_loss[t - 1], 1e-12))
-        if math.isfinite(mean):
-            step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
-        mean_loss += mean / steps
-        if t % unroll == 0 or t == steps:
-            if not meta_step(optimizer, meta, total, grad_clip, world):
-                return mean_loss, False
-            total = 0.0
-            params, state, grads = tree_detach(params), tree_detach(state), tree_detach(grads)
+    params = tree_detach(params)  # as after every unroll: one compiled graph serves all
+    coordinates = sum(v.numel() for v in params.values())
+    traced = problems.traceable and not second_derivatives and world.size == 1 and compile_unroll(coordinates)
+    whole = compiled(unroll) if traced else None
+    mean_loss = 0.0
+    for t0 in range(0, steps, unroll_steps):
+        ts = range(t0 + 1, min(t0 + unroll_steps, steps) + 1)
+        scales = torch.tensor([step_loss[t - 1] if t <= len(step_loss) else math.nan for t in ts], device=loss.device)
+        ends = meta_loss == "final" and ts[-1] == steps  # only `final` needs it: one compiled graph for the others
+        if whole:
+            total, means, params, state, grads = whole(problems, optimizer, params, state, grads,
+                                                       [problems.step_inputs(t) for t in ts], scales, meta_loss,
+                                                       ends, False, traced_loss_and_grads)
+        else:
+            total, means, params, state, grads = unroll(problems, optimizer, params, state, grads, list(ts), scales,
+                                                        meta_loss, ends, second_derivatives)
+        for t, mean in zip(ts, world.mean(means), strict=True):  # the whole batch's, over every rank
+            if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
+                step_loss.append(mean if math.isfinite(mean) else 1.0)
+            elif math.isfinite(mean):
+                step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
+            mean_loss += mean / steps
+        if meta_loss == "final" and ts[-1] != steps:
+            total = 0.0  # nothing to learn from this unroll (its steps have zero weight)
+        if not meta_step(optimizer, meta, total, grad_clip, world):
+            return mean_loss, False
+        params, state, grads = tree_detach(params), tree_detach(state), tree_detach(grads)
     return mean_loss, True
 
 

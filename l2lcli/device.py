@@ -39,5 +39,5 @@ def resolve_device(cfg: DictConfig) -> torch.device:
     if cfg.device.threads:
         torch.set_num_threads(int(cfg.device.threads))
     reuse_freed_memory()
-    fuse(cfg.device.compile, name)
+    fuse(cfg.device.compile, name, cfg.device.get("compile_unroll", 0))  # configs of older runs: never
     return torch.device(name)

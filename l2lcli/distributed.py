@@ -42,13 +42,13 @@ class World:
             p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
-    def mean(self, value: float, device) -> float:
-        """A float's mean over the ranks (a trajectory's loss, for the log)."""
+    def mean(self, values: torch.Tensor) -> list[float]:
+        """Each value's mean over the ranks (an unroll's mean loss per step, for the log), in one all-reduce."""
         if self.size == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=device)
+            return values.tolist()
+        t = values.detach().to(torch.float64)
         dist.all_reduce(t)
-        return t.item() / self.size
+        return (t / self.size).tolist()
 
     def from_main(self, value: float, device) -> float:
         """Rank 0's value on every rank: its validation loss and clock decide early stopping for all."""

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import torch
 
+from .optimizers.cells import compiled
 from .tasks.base import ProblemBatch, replicate
 
 
@@ -36,6 +37,9 @@ def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) ->
     """Run `optimizer` for `steps` steps on `replicas` copies of every problem."""
     params = replicate(problems.init_params(), replicas)
     state = optimizer.init_state(params, problems.kinds)
+    # a learned step is dozens of small operations: compiled whole (with compiled kernels on), one fused call
+    whole = compiled(type(optimizer).step) if getattr(optimizer, "learned", False) else None
+    step = (lambda *a: whole(optimizer, *a)) if whole else optimizer.step
     curve = []
     sync = torch.cuda.synchronize if params[next(iter(params))].device.type == "cuda" else lambda: None
     times = [time.perf_counter()]
@@ -46,7 +50,7 @@ def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) ->
         if t == steps:
             break
         with torch.no_grad():
-            params, state = optimizer.step({k: v.detach() for k, v in params.items()}, grads, state)
+            params, state = step({k: v.detach() for k, v in params.items()}, grads, state)
         if t == 0:  # the one host synchronisation: compiling and first allocations are timed apart
             sync()
             times.append(time.perf_counter())

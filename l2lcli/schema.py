@@ -108,6 +108,7 @@ RULES: dict[str, Rule] = {
     "optimizer.read_heads": whole(1), "optimizer.write_heads": whole(1), "optimizer.history": maybe(whole(1)),
     "optimizer.max_memory_floats": POSITIVE,
     "device.name": one_of("cpu", "cuda", "auto"), "device.threads": maybe(whole(1)), "device.compile": FLAG,
+    "device.compile_unroll": whole(0),
     # meta-training
     "train.batch_size": whole(1), "train.unroll": whole(1), "train.meta_lr": POSITIVE,
     "train.meta_lr_decay": number(0, 1, lo_open=True), "train.epoch_trajectories": whole(1),

@@ -67,9 +67,9 @@ def test_nan_meta_steps_are_skipped_counted_and_never_saved(make_cfg, monkeypatc
     real = bptt.meta_loss_term
     calls = {"n": 0}
 
-    def sometimes_nan(loss, t, T, kind, **kw):
+    def sometimes_nan(loss, kind, **kw):
         calls["n"] += 1
-        out = real(loss, t, T, kind, **kw)
+        out = real(loss, kind, **kw)
         return out * float("nan") if calls["n"] % 7 == 0 else out
 
     monkeypatch.setattr(bptt, "meta_loss_term", sometimes_nan)
@@ -82,7 +82,7 @@ def test_nan_meta_steps_are_skipped_counted_and_never_saved(make_cfg, monkeypatc
 
 
 def test_a_run_that_only_diverges_stops_with_a_clear_message(make_cfg, monkeypatch):
-    monkeypatch.setattr(bptt, "meta_loss_term", lambda loss, t, T, kind, **kw: loss.mean() * float("nan"))
+    monkeypatch.setattr(bptt, "meta_loss_term", lambda loss, kind, **kw: loss.mean() * float("nan"))
     with pytest.raises(L2LError, match="diverged: 3 non-finite meta steps in a row"):
         train.run(make_cfg("train.max_bad_steps=3"))
 

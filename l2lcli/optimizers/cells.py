@@ -59,7 +59,9 @@ class _Kernels:
     requires grad."""
 
     fused = False
+    unroll_max = 0  # the most coordinates of a trajectory whose unrolls are compiled whole
     _compiled = None
+    whole: dict = {}  # functions compiled whole (`compiled`)
 
     @classmethod
     def get(cls):
@@ -70,8 +72,9 @@ class _Kernels:
         return cls._compiled
 
 
-def fuse(enabled: bool, device: str = "cpu") -> bool:
-    """Compile the LSTM cells (True) or run them eagerly; returns whether compiled cells are in use.
+def fuse(enabled: bool, device: str = "cpu", unroll_max: int = 0) -> bool:
+    """Compile the LSTM cells (True) or run them eagerly; returns whether compiled cells are in use. With them,
+    meta-training compiles whole unrolls of trajectories of at most `unroll_max` coordinates (`compile_unroll`).
 
     Compiling needs a C++ compiler on CPU and Triton on GPU; without them the cells stay eager (same results).
     """
@@ -80,7 +83,26 @@ def fuse(enabled: bool, device: str = "cpu") -> bool:
     else:
         available = any(shutil.which(c) for c in ("c++", "g++", "clang++", "cl"))
     _Kernels.fused = bool(enabled) and available
+    _Kernels.unroll_max = int(unroll_max or 0)
     return _Kernels.fused
+
+
+def compile_unroll(coordinates: int) -> bool:
+    """Whether a trajectory of this many coordinates gets its unrolls compiled whole (see `fuse`)."""
+    return _Kernels.fused and coordinates <= _Kernels.unroll_max
+
+
+def compiled(fn):
+    """`fn` compiled whole by torch.compile while compiled kernels are on (`fuse`), else None.
+
+    Inside it the cells are plain tensor code (`lstm_cell`), so torch.compile fuses them with everything around them
+    and derives one backward for the whole function.
+    """
+    if not _Kernels.fused:
+        return None
+    if fn not in _Kernels.whole:
+        _Kernels.whole[fn] = torch.compile(fn, dynamic=False)
+    return _Kernels.whole[fn]
 
 
 class _Cell(torch.autograd.Function):
@@ -103,6 +125,8 @@ def lstm_cell(cell: nn.LSTMCell, x, h, c):
     """nn.LSTMCell on columns: x [F, rows], h and c [H, rows] (coordinates are columns, so every gate is a
     contiguous block of rows; nn.LSTMCell's gates are strided column slices, slow on CPU)."""
     w = torch.cat([cell.weight_ih, cell.weight_hh, (cell.bias_ih + cell.bias_hh).unsqueeze(1)], 1)
+    if torch.compiler.is_compiling():  # inside a function compiled whole: torch.compile differentiates it
+        return _cell_forward(x, h, c, w)[:2]
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, h, c, w)):
         return _Cell.apply(x, h, c, w)
     return _Kernels.get()[2](x, h, c, w)

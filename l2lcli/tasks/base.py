@@ -87,7 +87,21 @@ class ProblemBatch:
 
     def loss(self, params: dict[str, torch.Tensor], t: int) -> torch.Tensor:
         """Losses [N] of parameters [N, *shape] at step t (t picks the minibatch where there is one)."""
+        return self.loss_with(params, self.step_inputs(t))
+
+    def step_inputs(self, t: int) -> tuple[torch.Tensor, ...]:
+        """The data step t's loss reads (its minibatch), as tensors; with `loss_with`, a loss that torch.compile
+        can trace over many steps (the data of every step an input, not Python state)."""
         raise NotImplementedError
+
+    def loss_with(self, params: dict[str, torch.Tensor], inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Losses [N] of parameters [N, *shape] on one step's `step_inputs`."""
+        raise NotImplementedError
+
+    @property
+    def traceable(self) -> bool:
+        """Whether the loss is `loss_with` of `step_inputs` (an unroll of it can be compiled as one graph)."""
+        return type(self).step_inputs is not ProblemBatch.step_inputs
 
     def pictures(self, finals: dict[str, dict], path) -> bool:
         """Write a picture of each optimizer's final parameters ({name: params}) where the task has one."""

@@ -19,8 +19,8 @@ class ConvNetBatch(ImageBatch):
         super().__init__(data, specs, init, minibatch, key)
         self.conv_layers = conv_layers
 
-    def loss(self, params, t):
-        x = self.images[self.indices(t)]  # [B, m, C, H, W]
+    def loss_with(self, params, inputs):
+        x, labels = inputs  # [B, m, C, H, W], [B, m]
         B, m, C, H, W = x.shape
         R = replicas(params, B)
         N = R * B
@@ -38,7 +38,7 @@ class ConvNetBatch(ImageBatch):
         mean, var = h.mean(1, keepdim=True), h.var(1, unbiased=False, keepdim=True)
         h = (h - mean) / (var + EPS).sqrt() * params["fc.scale"].unsqueeze(1) + params["fc.shift"].unsqueeze(1)
         logits = torch.baddbmm(params["out.b"].unsqueeze(1), F.relu(h), params["out.w"])  # [N, m, classes]
-        return self.cross_entropy(logits.view(R, B, m, -1), t)
+        return self.cross_entropy(logits.view(R, B, m, -1), labels)
 
 
 class ConvNetFamily(ImageFamily):

@@ -37,10 +37,16 @@ class ImageBatch(ProblemBatch):
             self._cached = (t, idx.to(self.labels.device))
         return self._cached[1]
 
-    def cross_entropy(self, logits: torch.Tensor, t: int) -> torch.Tensor:
-        """Mean cross-entropy [N] of logits [R, B, m, classes] on step t's minibatch labels."""
+    def step_inputs(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step t's minibatch of every problem: images [B, m, C, H, W] and labels [B, m]."""
+        idx = self.indices(t)
+        return self.images[idx], self.labels[idx]
+
+    @staticmethod
+    def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy [N] of logits [R, B, m, classes] on the minibatch labels [B, m]."""
         R, B, m, _ = logits.shape
-        y = self.labels[self.indices(t)].expand(R, B, m)
+        y = labels.expand(R, B, m)
         nll = -torch.log_softmax(logits, -1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
         return nll.mean(-1).reshape(-1)
 

@@ -16,9 +16,10 @@ class MLPBatch(ImageBatch):
         self.layers = [s.name[:-2] for s in specs if s.name.endswith(".w")]  # input to output
         self.act = ACTIVATIONS[activation]
 
-    def loss(self, params, t):
-        x = self.images.flatten(1)[self.indices(t)]  # [B, m, pixels]
+    def loss_with(self, params, inputs):
+        x, labels = inputs
         B, m = x.shape[:2]
+        x = x.reshape(B, m, -1)  # [B, m, pixels]
         for i, name in enumerate(self.layers):
             w, b = by_replica(params[f"{name}.w"], B), by_replica(params[f"{name}.b"], B).unsqueeze(2)
             R = w.shape[0]
@@ -30,7 +31,7 @@ class MLPBatch(ImageBatch):
                 h = torch.matmul(h, w) + b
             if name != "out":
                 h = self.act(h)
-        return self.cross_entropy(h, t)
+        return self.cross_entropy(h, labels)
 
 
 class MLPFamily(ImageFamily):

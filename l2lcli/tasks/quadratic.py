@@ -19,7 +19,10 @@ class QuadraticBatch(ProblemBatch):
     def init_params(self):
         return {"theta": self.theta0.clone()}
 
-    def loss(self, params, t):
+    def step_inputs(self, t):
+        return ()
+
+    def loss_with(self, params, inputs):
         theta = by_replica(params["theta"], self.batch)
         r = torch.einsum("bij,rbj->rbi", self.W, theta) - self.y
         return r.pow(2).sum(-1).reshape(-1)
