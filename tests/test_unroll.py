@@ -7,6 +7,7 @@ from l2lcli import bptt
 from l2lcli.config import build
 from l2lcli.optimizers.cells import compile_unroll, fuse
 from l2lcli.rollout import rollout
+from tests.test_cifar import _batches, write_binary
 from tests.test_data import idx_root  # noqa: F401  (fixture)
 from tests.test_mnist import MNIST_TINY
 
@@ -22,11 +23,16 @@ def _meta_gradient(cfg, problems, meta_loss="sum", steps=6, unroll=3):
     return torch.cat([p.grad.flatten() for p in opt.parameters()]), step_loss
 
 
-@pytest.mark.parametrize("task", ["quadratic", "mnist"])
-def test_the_traced_step_computes_what_the_eager_step_computes(make_cfg, idx_root, task):  # noqa: F811
+@pytest.mark.parametrize("task", ["quadratic", "mnist", "cifar"])
+def test_the_traced_step_computes_what_the_eager_step_computes(make_cfg, idx_root, tmp_path, task):  # noqa: F811
     """torch.func's gradient at detached parameters and the loss of step_inputs give autograd's meta-loss, means and
     meta-gradient (run eagerly here; the compiled test below compiles the same code)."""
-    cfg = make_cfg(*(MNIST_TINY + [f"data.root={idx_root}"] if task == "mnist" else []))
+    overrides = {"quadratic": [], "mnist": [*MNIST_TINY, f"data.root={idx_root}"],
+                 "cifar": ["task=cifar", "recipe=paper", f"data.root={tmp_path}", "task.channels=2",
+                           "task.fc_units=4", "task.minibatch=4"]}[task]
+    if task == "cifar":
+        write_binary(tmp_path, _batches())
+    cfg = make_cfg(*overrides)
     torch.manual_seed(0)
     opt = build(cfg.optimizer)
     problems = build(cfg.task).sample("train", 2, 0)
