@@ -98,7 +98,8 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
     params, loss, grads = loss_and_grads(problems, params, 0)
     params = tree_detach(params)  # as after every unroll: one compiled graph serves all
     coordinates = sum(v.numel() for v in params.values())
-    traced = problems.traceable and not second_derivatives and world.size == 1 and compile_unroll(coordinates)
+    traced = (problems.traceable and getattr(optimizer, "compiles_whole", False) and not second_derivatives
+              and world.size == 1 and compile_unroll(coordinates))
     whole = compiled(unroll) if traced else None
     mean_loss = 0.0
     for t0 in range(0, steps, unroll_steps):

@@ -38,7 +38,7 @@ def rollout(problems: ProblemBatch, optimizer, steps: int, replicas: int = 1) ->
     params = replicate(problems.init_params(), replicas)
     state = optimizer.init_state(params, problems.kinds)
     # a learned step is dozens of small operations: compiled whole (with compiled kernels on), one fused call
-    whole = compiled(type(optimizer).step) if getattr(optimizer, "learned", False) else None
+    whole = compiled(type(optimizer).step, dynamic=None) if getattr(optimizer, "compiles_whole", False) else None
     step = (lambda *a: whole(optimizer, *a)) if whole else optimizer.step
     curve = []
     sync = torch.cuda.synchronize if params[next(iter(params))].device.type == "cuda" else lambda: None

@@ -92,17 +92,18 @@ def compile_unroll(coordinates: int) -> bool:
     return _Kernels.fused and coordinates <= _Kernels.unroll_max
 
 
-def compiled(fn):
+def compiled(fn, dynamic: bool | None = False):
     """`fn` compiled whole by torch.compile while compiled kernels are on (`fuse`), else None.
 
     Inside it the cells are plain tensor code (`lstm_cell`), so torch.compile fuses them with everything around them
-    and derives one backward for the whole function.
+    and derives one backward for the whole function. `dynamic=None`: a second shape compiles one graph for all sizes
+    (torch.compile's automatic dynamic shapes), where many problem sizes meet (evaluation, generalization).
     """
     if not _Kernels.fused:
         return None
-    if fn not in _Kernels.whole:
-        _Kernels.whole[fn] = torch.compile(fn, dynamic=False)
-    return _Kernels.whole[fn]
+    if (fn, dynamic) not in _Kernels.whole:
+        _Kernels.whole[fn, dynamic] = torch.compile(fn, dynamic=dynamic)
+    return _Kernels.whole[fn, dynamic]
 
 
 class _Cell(torch.autograd.Function):

@@ -22,6 +22,7 @@ class LearnedOptimizer(nn.Module):
     """Networks that propose the optimizee's updates, one per named parameter group."""
 
     learned = True
+    compiles_whole = False  # whether torch.compile may take whole steps (a state of fixed shapes: one graph)
 
     def __init__(self, name: str, groups: dict | None = None, **net_kwargs):
         super().__init__()
@@ -79,6 +80,8 @@ class LearnedOptimizer(nn.Module):
 
 class LSTMOptimizer(LearnedOptimizer):
     """The coordinatewise LSTM optimizer (with `gac` > 0: LSTM+GAC, Appendix D)."""
+
+    compiles_whole = True
 
     def make_net(self, **kw):
         return CoordinatewiseLSTM(**kw)
