@@ -100,19 +100,16 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
     coordinates = sum(v.numel() for v in params.values())
     traced = (problems.traceable and getattr(optimizer, "compiles_whole", False) and not second_derivatives
               and world.size == 1 and compile_unroll(coordinates))
-    whole = compiled(unroll) if traced else None
+    # compiled: each step's minibatch as tensors (step_inputs), the gradient by torch.func; eager: t, autograd
+    run, step_fn = (compiled(unroll), traced_loss_and_grads) if traced else (unroll, eager_loss_and_grads)
     mean_loss = 0.0
     for t0 in range(0, steps, unroll_steps):
         ts = range(t0 + 1, min(t0 + unroll_steps, steps) + 1)
         scales = torch.tensor([step_loss[t - 1] if t <= len(step_loss) else math.nan for t in ts], device=loss.device)
         ends = meta_loss == "final" and ts[-1] == steps  # only `final` needs it: one compiled graph for the others
-        if whole:
-            total, means, params, state, grads = whole(problems, optimizer, params, state, grads,
-                                                       [problems.step_inputs(t) for t in ts], scales, meta_loss,
-                                                       ends, False, traced_loss_and_grads)
-        else:
-            total, means, params, state, grads = unroll(problems, optimizer, params, state, grads, list(ts), scales,
-                                                        meta_loss, ends, second_derivatives)
+        inputs = [problems.step_inputs(t) for t in ts] if traced else list(ts)
+        total, means, params, state, grads = run(problems, optimizer, params, state, grads, inputs, scales, meta_loss,
+                                                 ends, second_derivatives, step_fn)
         for t, mean in zip(ts, world.mean(means), strict=True):  # the whole batch's, over every rank
             if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
                 step_loss.append(mean if math.isfinite(mean) else 1.0)
