@@ -142,7 +142,7 @@ def _print_evaluate(r: dict) -> None:
            f"{r['task']}: mean loss after {r['steps']} steps on {r['problems']} {r['split']} problems")
     for row in t[t["learned"]].itertuples():
         out.print(f"{row.optimizer}: ms/step counts warm steps; its first step took {row.first_step_ms:.0f} ms "
-                  "(compiling the learned step, first allocations)")
+                  "(compiling the learned step where device.compile is on, first allocations)")
     out.print(f"evaluate (data {_data(r)}) -> {r['run_dir']}")
     _print_loggers(r)
 
