@@ -3,6 +3,9 @@
 `lstm_cell(cell, x, h, c)` computes nn.LSTMCell on x [F, rows], h and c [H, rows]: every gate is a contiguous block
 of rows (nn.LSTMCell's gates are strided column slices, slow on CPU), and torch.compile (`fuse`) turns each
 elementwise stretch into one fused loop, where an eager LSTM on CPU spends its time.
+
+`fuse` is the process's one compile switch (`device.compile`); `compiled(fn)` compiles a whole function around the
+cells under it (a learned step in evaluation, an unroll in meta-training up to `compile_unroll` coordinates).
 """
 
 from __future__ import annotations
