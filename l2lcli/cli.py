@@ -123,11 +123,11 @@ def _print_sweep(r: dict) -> None:
     _print_loggers(r)
 
 
-def _intervals(t) -> list[str]:
+def _intervals(t, prefix: str = "") -> list[str]:
     """Each row's ratio interval, to 3 decimals: near 1, 3 significant digits would print 1.0012 as 1."""
     def r(x):
         return f"{x:.3f}" if abs(x) >= 0.1 else f"{x:.2g}"
-    return [f"{r(lo)}-{r(hi)}" for lo, hi in zip(t["ratio_low"], t["ratio_high"], strict=True)]
+    return [f"{r(lo)}-{r(hi)}" for lo, hi in zip(t[f"{prefix}ratio_low"], t[f"{prefix}ratio_high"], strict=True)]
 
 
 def _print_evaluate(r: dict) -> None:
@@ -198,16 +198,24 @@ def generalize(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRU
                checkpoint: str | None = typer.Option(None, help="A meta-train run folder or .pt file."),
                sub: str | None = typer.Option(None, help="Figure 7's LSTM-sub: a meta-train run on the held-out "
                                               "labels (task.classes=heldout5), raced beside the checkpoint."),
+               baselines: str | None = typer.Option(None, help="A sweep-baselines run folder, or a folder of them: "
+                                                    "each variant takes the newest one swept on its very problems "
+                                                    "(the others are swept here), so several checkpoints share "
+                                                    "one sweep per variant."),
                pretrained: str | None = PRETRAINED):
     r = _run("generalize", overrides, multirun, checkpoint=checkpoint, pretrained=pretrained,
-             **{"generalize.sub": sub})
+             **{"generalize.sub": sub, "eval.baselines": baselines})
     t = r["table"].copy()
     if "ratio_low" in t:
         t["95% interval"] = _intervals(t)
+    if "sub_ratio_low" in t:
+        t["sub 95% interval"] = _intervals(t, "sub_")
     cols = ["variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio"]
     cols += ["95% interval"] if "95% interval" in t else []
-    cols += ["verdict"] + (["sub_final_loss", "sub_ratio"] if "sub_ratio" in t else [])
+    cols += ["verdict"] + [c for c in ("sub_final_loss", "sub_ratio", "sub 95% interval") if c in t]
     _table(t[cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
+    for row in r["rows"]:
+        out.print(f"baselines of {row['variant']}: {row['baselines']}")
     out.print(f"generalize -> {r['run_dir']}")
     _print_loggers(r)
 

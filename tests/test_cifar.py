@@ -17,6 +17,7 @@ from l2lcli.config import build, compose
 from l2lcli.data import fashion_mnist
 from l2lcli.data.cifar import download_cifar10, load_cifar10
 from l2lcli.errors import L2LError
+from l2lcli.report.build import gather
 from tests.test_cli import one_line_error
 from tests.test_data import write_idx
 
@@ -213,6 +214,31 @@ def test_figure7_with_lstm_sub_end_to_end(tmp_path, cifar_root):
     assert (table["sub_ratio"] - table["sub_final_loss"] / table["best_baseline_final_loss"]).abs().max() < 1e-9
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves["optimizer"]) == {"lstm", "lstm-sub", "sgd", "adam"} and (out / "figure7.png").is_file()
+    assert ((table["sub_ratio_low"] <= table["sub_ratio"]) & (table["sub_ratio"] <= table["sub_ratio_high"])).all()
+    assert set(table["baselines"]) == {"swept here"}
+    measured = gather([out]).set_index("claim")  # the report: LSTM-sub's rows carry its own seed and interval
+    assert measured.loc["fig7-10", "seed"] == 0 and set(measured.loc["fig7-sub", "seed"]) == {1}
+    assert list(measured.loc["fig7-sub", "ratio_low"]) == list(table["sub_ratio_low"].iloc[1:])
+
+    # a second seed shares sweeps: CIFAR-5's comes from a sweep-baselines run on its very problems (only NAG, so its
+    # use shows), one on other problems (another eval.seed) is passed over, the other variants are swept here
+    sweeps = tmp_path / "sweeps"
+    for extra in (["eval.seed=1"], []):
+        assert runner.invoke(app, ["sweep-baselines", *common, f"out_dir={sweeps}", "task.classes=cifar5",
+                                   "sweep.optimizers=[nag]", *extra]).exit_code == 0
+    fitting = max((sweeps / "sweep-baselines" / "cifar").iterdir())
+    res = runner.invoke(app, ["generalize", "--checkpoint", str(full), "--sub", str(sub), "--baselines", str(sweeps),
+                              *common, "generalize.figure=figure7", f"out_dir={tmp_path / 'again'}"])
+    assert res.exit_code == 0, res.output
+    again = next((tmp_path / "again" / "generalize" / "cifar").iterdir())
+    table = pd.read_csv(again / "generalize.csv")
+    assert list(table["baselines"]) == ["swept here", str(fitting), "swept here"]
+    curves = pd.read_csv(again / "curves.csv")
+    used = curves[~curves["learned"]].groupby("variant")["optimizer"].unique()
+    assert list(used["classes=cifar5"]) == ["nag"] and set(used["classes=null"]) == {"sgd", "adam"}
+    res = runner.invoke(app, ["generalize", "--checkpoint", str(full), "--baselines", str(sweeps), *common,
+                              "generalize.figure=figure7", "eval.problems=3"])
+    one_line_error(res, "no sweep-baselines run under")
 
 
 @pytest.mark.parametrize("optimizer", ["lstm_gac", "ntm_lbfgs", "ntm_bfgs", "rmsprop"])

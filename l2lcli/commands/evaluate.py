@@ -40,24 +40,42 @@ def load_baselines(cfg: DictConfig) -> pd.DataFrame:
     if not saved.is_file():
         raise L2LError(f"baselines '{csv}' has no config.yaml beside it, so what it was swept on is unknown: pass the "
                        "sweep-baselines run folder")
-    swept, here = problem_key(OmegaConf.load(saved)), problem_key(cfg)
+    why = mismatch(problem_key(OmegaConf.load(saved)), problem_key(cfg))
+    if why:
+        raise L2LError(f"baselines '{path}' were swept {why}")
+    return read_best(csv)
+
+
+def mismatch(swept: dict, here: dict) -> str | None:
+    """How a sweep's problems differ from these (None: the same problems), as the end of an error line."""
     if swept["task.name"] != here["task.name"]:
-        raise L2LError(f"baselines '{path}' were swept on task={swept['task.name']}, not {here['task.name']}")
+        return f"on task={swept['task.name']}, not {here['task.name']}"
     if swept["eval.split"] != here["eval.split"]:
-        raise L2LError(f"baselines '{path}' were swept on {swept['eval.split']} problems, not "
-                       f"eval.split={here['eval.split']}: sweep again with eval.split={here['eval.split']}")
+        return (f"on {swept['eval.split']} problems, not eval.split={here['eval.split']}: sweep again with "
+                f"eval.split={here['eval.split']}")
     # a key one side lacks was added to l2l after that run, at a default that kept its problems the same
-    differ = [f"{k}={swept[k]} there, {here[k]} here" for k in sorted(set(swept) & set(here))
-              if swept[k] != here[k]]
+    differ = [f"{k}={swept[k]} there, {here[k]} here" for k in sorted(set(swept) & set(here)) if swept[k] != here[k]]
     if differ:
-        raise L2LError(f"baselines '{path}' were swept on other problems ({'; '.join(differ)}): sweep again with "
-                       "this command's settings, or evaluate with the sweep's")
+        return (f"on other problems ({'; '.join(differ)}): sweep again with this command's settings, or evaluate "
+                "with the sweep's")
+    return None
+
+
+def find_baselines(folder: Path, cfg: DictConfig) -> Path | None:
+    """The newest sweep-baselines run under `folder` (or `folder` itself) swept on cfg's very problems."""
+    here = problem_key(cfg)
+    for csv in sorted(Path(folder).rglob("best.csv"), key=lambda c: c.parent.name, reverse=True):
+        saved = csv.parent / "config.yaml"
+        if saved.is_file() and mismatch(problem_key(OmegaConf.load(saved)), here) is None:
+            return csv.parent
+    return None
+
+
+def read_best(csv: Path) -> pd.DataFrame:
     try:
-        best = pd.read_csv(csv)
-        best = best[["optimizer", "lr"]]
+        return pd.read_csv(csv)[["optimizer", "lr"]]
     except (ValueError, KeyError, pd.errors.ParserError) as e:
         raise L2LError(f"baselines '{csv}' is not a best.csv written by sweep-baselines ({e})") from None
-    return best
 
 
 def curve_frame(name: str, lr, learned: bool, curve: torch.Tensor) -> pd.DataFrame:

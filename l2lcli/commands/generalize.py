@@ -8,6 +8,7 @@ depths) and Figure 7 (CIFAR-10, CIFAR-5, CIFAR-2, with LSTM-sub, an optimizer tr
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +19,7 @@ from ..plots import plot_generalization
 from ..runs import load_checkpoint, rule_from
 from ..schema import check_values
 from .common import fits, load_optimizer, prepare
-from .evaluate import race
+from .evaluate import find_baselines, race, read_best
 from .sweep import best_rows, lr_grid, sweep_all
 
 
@@ -40,19 +41,25 @@ def variants(cfg: DictConfig) -> list[dict]:
 
 
 def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> tuple[dict, pd.DataFrame]:
-    """Tune every baseline's learning rate on this task's eval.split problems, then run the learned optimizers
+    """Tune every baseline's learning rate on this task's eval.split problems (or take the best learning rates of a
+    sweep-baselines run under eval.baselines made on these very problems), then run the learned optimizers
     ({name: optimizer}; the first is the one the row's ratio is about, a second is LSTM-sub)."""
     task = build(task_cfg)
     for optimizer in optimizers.values():
         fits(optimizer, task, cfg.eval.problems)
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
-    best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
+    swept = find_baselines(cfg.eval.baselines, OmegaConf.merge(cfg, {"task": task_cfg})) if cfg.eval.baselines else None
+    if swept is not None:
+        best = read_best(swept / "best.csv")
+    else:
+        best = best_rows(sweep_all(cfg.sweep.optimizers, lr_grid(cfg), problems, steps))
     summary, curves, _ = race(problems, optimizers, best, steps)
     baseline = summary[~summary["learned"]].set_index("optimizer")["final_loss"]
     best_loss = baseline.min() if len(baseline) else float("nan")
     row = {"learned_final_loss": summary["final_loss"].iloc[0],
-           "best_baseline": baseline.idxmin() if len(baseline) else "none", "best_baseline_final_loss": best_loss}
+           "best_baseline": baseline.idxmin() if len(baseline) else "none", "best_baseline_final_loss": best_loss,
+           "baselines": str(swept) if swept is not None else "swept here"}
     row["ratio"] = row["learned_final_loss"] / best_loss
     if "ratio_low" in summary:  # 95% bootstrap interval over the problems
         row["ratio_low"], row["ratio_high"] = summary["ratio_low"].iloc[0], summary["ratio_high"].iloc[0]
@@ -60,7 +67,20 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> 
     if len(optimizers) > 1:
         row["sub_final_loss"] = summary["final_loss"].iloc[1]
         row["sub_ratio"] = row["sub_final_loss"] / best_loss
+        if "ratio_low" in summary:
+            row["sub_ratio_low"], row["sub_ratio_high"] = summary["ratio_low"].iloc[1], summary["ratio_high"].iloc[1]
     return row, curves
+
+
+def _check_baselines(cfg: DictConfig, todo: list[dict]) -> None:
+    """eval.baselines must hold a sweep made on at least one variant's problems (the others are swept here)."""
+    folder = Path(cfg.eval.baselines)
+    if not folder.is_dir():
+        raise L2LError(f"baselines '{folder}' is not a folder: pass a sweep-baselines run folder or a folder of them")
+    if not any(find_baselines(folder, OmegaConf.merge(cfg, {"task": v})) for v in todo):
+        raise L2LError(f"no sweep-baselines run under '{folder}' was made on the problems of any variant of "
+                       f"{cfg.generalize.figure}: sweep each with `l2l sweep-baselines` and the variant's task keys "
+                       f"(the same eval.seed, eval.problems, eval.split), or leave --baselines out to sweep here")
 
 
 def run(cfg: DictConfig) -> dict:
@@ -76,6 +96,8 @@ def run(cfg: DictConfig) -> dict:
                            f"task={cfg.task.name}")
         optimizers[f"{sub['optimizer_name']}-sub"] = rule_from(sub).to(setup.device)
     todo = variants(cfg)
+    if cfg.eval.baselines:
+        _check_baselines(cfg, todo)
     run_dir = setup.open_run("generalize")
     with setup.log as log:
         rows, curves = [], []

@@ -20,7 +20,7 @@ from ..runs import load_checkpoint, write_text
 from .claims import BY_ID, CLAIMS, PAPER_MLP, evaluate_claim, generalize_claims
 
 RESULT_KEYS = {"variant", "learned_final_loss", "best_baseline", "best_baseline_final_loss", "ratio", "ratio_low",
-               "ratio_high", "verdict", "sub_final_loss", "sub_ratio"}
+               "ratio_high", "verdict", "sub_final_loss", "sub_ratio", "sub_ratio_low", "sub_ratio_high", "baselines"}
 COLUMNS = ["claim", "seed", "recipe", "ratio", "ratio_low", "ratio_high", "learned_final_loss", "best_baseline",
            "best_baseline_final_loss", "problems", "steps", "eval_seed", "data", "variant", "run_dir", "figure",
            "checkpoint", "command"]
@@ -103,12 +103,19 @@ def _generalize_rows(s, cfg, trained, common) -> list[dict]:
                             "best_baseline_final_loss"], "steps": variant.get("steps", cfg.task.steps),
                         "variant": row["variant"], "figure": str(Path(s["run_dir"]) / f"{figure}.png")})
         if figure == "figure7" and row.get("sub_ratio") is not None and variant.get("classes"):
-            out.append({**common, "claim": "fig7-sub", "ratio": row["sub_ratio"], "ratio_low": None,
-                        "ratio_high": None, "learned_final_loss": row["sub_final_loss"],
+            out.append({**common, "claim": "fig7-sub", "seed": _sub_seed(cfg, common), "ratio": row["sub_ratio"],
+                        "ratio_low": row.get("sub_ratio_low"), "ratio_high": row.get("sub_ratio_high"),
+                        "learned_final_loss": row["sub_final_loss"],
                         "best_baseline": row["best_baseline"], "best_baseline_final_loss": row[
                             "best_baseline_final_loss"], "steps": cfg.task.steps, "variant": row["variant"],
                         "figure": str(Path(s["run_dir"]) / "figure7.png")})
     return out
+
+
+def _sub_seed(cfg, common: dict):
+    """LSTM-sub's own meta-training seed (its checkpoint's), or the main checkpoint's where that file is gone."""
+    sub = _find(cfg.generalize.sub, Path(common["run_dir"]))
+    return load_checkpoint(sub)["config"].seed if sub is not None else common["seed"]
 
 
 def _command(run: Path) -> str:
