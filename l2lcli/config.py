@@ -92,6 +92,11 @@ def with_inherited(overrides: list[str], saved: DictConfig, groups: tuple[str, .
         raise L2LError(f"bad override: {one_line(e)}") from None
 
 
+# keys added since a checkpoint was saved, whose default is not what it trained with: {(group, key): (a key only
+# configs that take it hold, the value such a config had before)}; NTMs updated from their controller until then
+SINCE = {("optimizer", "update_from"): ("read_heads", "controller")}
+
+
 def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...], source: str) -> list[str]:
     """Overrides that restore `groups` of a saved config; the data folder belongs to the machine, so it is not
     inherited."""
@@ -107,6 +112,8 @@ def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...],
     # nulls too: a null saved where the current recipe has a value (groups) must stay null for the weights to fit
     keys = [f"{g}.{k}={quoted(v)}" for g in groups for k, v in saved[g].items()
             if f"{g}.{k}" not in given and not k.startswith("_") and k not in ("name", "root")]
+    keys += [f"{g}.{k}={v}" for (g, k), (marker, v) in SINCE.items()
+             if g in groups and marker in saved[g] and k not in saved[g] and f"{g}.{k}" not in given]
     return choices + keys
 
 

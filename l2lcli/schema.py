@@ -106,7 +106,7 @@ RULES: dict[str, Rule] = {
     "optimizer.preprocess": PREPROCESS, "optimizer.p": POSITIVE, "optimizer.output_scale": POSITIVE,
     "optimizer.output": one_of("linear", "exp_magnitude"), "optimizer.groups": GROUPS,
     "optimizer.read_heads": whole(1), "optimizer.write_heads": whole(1), "optimizer.history": maybe(whole(1)),
-    "optimizer.max_memory_floats": POSITIVE,
+    "optimizer.max_memory_floats": POSITIVE, "optimizer.update_from": one_of("read", "controller"),
     "device.name": one_of("cpu", "cuda", "auto"), "device.threads": maybe(whole(1)), "device.compile": FLAG,
     "device.compile_unroll": whole(0),
     # meta-training

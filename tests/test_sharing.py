@@ -58,15 +58,56 @@ def test_zero_gacs_is_the_plain_lstm(make_cfg):
     torch.testing.assert_close(_run(gac0, grads, 2, 5)[0], _run(plain, grads, 2, 5)[0])
 
 
-def test_lbfgs_history_covering_every_write_equals_the_dense_memory(make_cfg):
-    dense = _opt(make_cfg, "ntm_bfgs")
-    history = _opt(make_cfg, "ntm_lbfgs", "optimizer.history=15")  # 5 steps x 3 write heads
+@pytest.mark.parametrize("update", ["read", "controller"])
+def test_lbfgs_history_covering_every_write_equals_the_dense_memory(make_cfg, update):
+    dense = _opt(make_cfg, "ntm_bfgs", f"optimizer.update_from={update}")
+    history = _opt(make_cfg, "ntm_lbfgs", "optimizer.history=15",  # 5 steps x 3 write heads
+                   f"optimizer.update_from={update}")
     history.load_state_dict(dense.state_dict())
     grads = [torch.randn(2, 8) for _ in range(5)]
     a, sa = _run(dense, grads, 2, 8)
     b, sb = _run(history, grads, 2, 8)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(sa["nets"]["all"]["read"], sb["nets"]["all"]["read"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["ntm_bfgs", "ntm_lbfgs"])
+def test_the_update_is_the_memory_read_in_the_papers_form(make_cfg, name):
+    """update=read (the default): the same gradient and controller state with another memory give another update,
+    and the update is output_scale times the first read result; update=controller: the memory only feeds back."""
+    for update in ("read", "controller"):
+        rule = _opt(make_cfg, name, f"optimizer.update_from={update}")
+        opt = rule.nets["all"]
+        _, state = _run(rule, [torch.randn(2, 6) for _ in range(3)], 2, 6)
+        state = state["nets"]["all"]
+        g = torch.randn(2, 6)
+        u, new = opt(g, state)
+        other = dict(state, memory=(torch.randn_like(state["memory"]) if name == "ntm_bfgs"
+                                    else tuple(torch.randn_like(m) for m in state["memory"])))
+        u_other, _ = opt(g, other)
+        assert (opt.out is None) == (update == "read")
+        if update == "read":
+            torch.testing.assert_close(u, opt.scale * new["read"][..., 0])
+            assert (u - u_other).abs().max() > 1e-3 * u.abs().max()
+        else:
+            torch.testing.assert_close(u, u_other)
+
+
+@pytest.mark.parametrize("name", ["ntm_bfgs", "ntm_lbfgs"])
+def test_an_identity_memory_makes_the_first_update_the_read_vector(make_cfg, name):
+    """M_0 = I: with the write heads silenced, the first update is output_scale * r, i.e. what a controller-form net
+    whose read-out layer is the read head proposes."""
+    read = _opt(make_cfg, name).nets["all"]
+    with torch.no_grad():
+        read.heads.weight[read.reads:].zero_()
+        read.heads.bias[read.reads:].zero_()
+    ctrl = _opt(make_cfg, name, "optimizer.update_from=controller").nets["all"]
+    ctrl.load_state_dict({**read.state_dict(), "out.weight": read.heads.weight[:1], "out.bias": read.heads.bias[:1]})
+    g = torch.randn(2, 5)
+    u_read, _ = read(g, read.init_state(2, 5, g.device, g.dtype))
+    u_ctrl, _ = ctrl(g, ctrl.init_state(2, 5, g.device, g.dtype))
+    torch.testing.assert_close(u_read, u_ctrl)
+    assert u_read.abs().min() > 0
 
 
 def test_lbfgs_memory_stays_bounded(make_cfg):
@@ -88,3 +129,19 @@ def test_every_command_accepts_them(make_cfg, name):
     r = train.run(make_cfg(f"optimizer={name}"))
     e = evaluate.run(make_cfg(f"optimizer={name}", f"eval.checkpoint={r['checkpoint']}"))
     assert e["rows"][0]["optimizer"] == name and e["rows"][0]["final_loss"] > 0
+
+
+def test_a_checkpoint_saved_before_the_update_key_keeps_its_controller_form(make_cfg, tmp_path):
+    """NTM checkpoints from before `optimizer.update` trained the controller form: evaluate restores it, not the new
+    default (whose weights would not fit)."""
+    from l2lcli.commands import evaluate, train
+    from l2lcli.commands.common import compose_for
+    from l2lcli.runs import load_checkpoint, rule_from, save_checkpoint
+    r = train.run(make_cfg("optimizer=ntm_bfgs", "optimizer.update_from=controller"))
+    ckpt = load_checkpoint(r["checkpoint"])
+    del ckpt["config"].optimizer["update_from"]
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, ckpt["config"], rule_from(ckpt))
+    cfg = compose_for([f"out_dir={tmp_path / 'outputs'}"], checkpoint=str(old))
+    assert cfg.optimizer.update_from == "controller"
+    assert evaluate.run(cfg)["rows"][0]["final_loss"] > 0

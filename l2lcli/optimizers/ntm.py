@@ -17,21 +17,32 @@ class NTMController(CoordinatewiseLSTM):
 
         x_t   = [pre(g_t), pre(m_{t-1}^1), ..., pre(m_{t-1}^R)]       features of gradient and last read results
         h_t   = LSTM+GAC(x_t, h_{t-1})                                  (`gac` averaged cells per layer)
-        u_t   = output_scale * w_u . h_t                                the update of each coordinate (`readout`)
         a_t^j = w_a^j . h_t,  b_t^j = w_b^j . h_t,  j = 1..W            write vectors (one entry per coordinate)
         r_t^k = w_r^k . h_t,  k = 1..R                                  read vectors
-        M_t   = M_{t-1} + sum_j a_t^j (b_t^j)^T                         low-rank writes, M_0 = 0 (n x n)
+        M_t   = M_{t-1} + sum_j a_t^j (b_t^j)^T                         low-rank writes (n x n)
         m_t^k = M_t r_t^k                                               read results, fed back at t + 1
 
-    Choices the paper leaves open: writes come before the read of the same step; the read results go through the
-    same preprocessing as the gradient (`pre`, scale-free with log_sign); heads are linear. With `history=k`
-    (NTM-L-BFGS) M is never formed: the last k write pairs are kept and M r = sum_i a_i (b_i . r), O(n k); with k at
-    least the number of writes it equals the dense memory exactly.
+    and the update, by `update_from`:
+        read (the paper's form)   u_t = output_scale * m_t^1, with M_0 = I
+        controller                u_t = output_scale * w_u . h_t, with M_0 = 0 (the memory only feeds back)
+
+    The paper's controller does not produce the update directly: as BFGS's step is its inverse-Hessian estimate
+    times a vector, the update is the first read head's result. M_0 = I is BFGS's H_0; it makes the first updates
+    the read vector itself (the same size as a plain LSTM's read-out at initialisation), where M_0 = 0 would make
+    them a product of three near-zero head outputs that meta-training could hardly move. Choices the paper leaves
+    open: writes come before the read of the same step; the read results go through the same preprocessing as the
+    gradient (`pre`, scale-free with log_sign); heads are linear. With `history=k` (NTM-L-BFGS) M is never formed:
+    the last k write pairs are kept and M r = M_0 r + sum_i a_i (b_i . r), O(n k); with k at least the number of
+    writes it equals the dense memory exactly.
     """
 
-    def __init__(self, read_heads=1, write_heads=3, history=None, max_memory_floats=1e8, **kw):
+    def __init__(self, read_heads=1, write_heads=3, history=None, max_memory_floats=1e8, update_from="controller",
+                 **kw):
         self.reads, self.writes, self.history, self.max_memory = read_heads, write_heads, history, max_memory_floats
+        self.from_read = update_from == "read"  # the default "controller" is what checkpoints without the key trained
         super().__init__(**kw)
+        if self.from_read:
+            self.out = None  # the update is the read result: no read-out layer
         features = self.cells[0].input_size * (1 + read_heads)
         self.cells[0] = nn.LSTMCell(features, self.hidden)
         with torch.no_grad():
@@ -52,6 +63,8 @@ class NTMController(CoordinatewiseLSTM):
         z = torch.zeros(N, n, device=device, dtype=dtype)
         if self.history is None:
             memory = torch.zeros(N, n, n, device=device, dtype=dtype)
+            if self.from_read:
+                memory += torch.eye(n, device=device, dtype=dtype)
         else:
             memory = (z.new_zeros(N, n, 0), z.new_zeros(N, n, 0))
         return {"lstm": super().init_state(N, n, device, dtype), "read": z.new_zeros(N, n, self.reads),
@@ -61,7 +74,6 @@ class NTMController(CoordinatewiseLSTM):
         N, n = g.shape
         inputs = torch.cat([g.unsqueeze(0), state["read"].permute(2, 0, 1)], 0).reshape(1 + self.reads, -1)
         x, lstm = self.stack(preprocess(inputs, self.kind, self.p, dim=1).reshape(-1, N * n), state["lstm"], N)
-        update = self.readout(x).view(N, n)
         heads = self.linear(self.heads, x).view(-1, N, n).permute(1, 2, 0)
         r, a, b = heads.split([self.reads, self.writes, self.writes], -1)
         if self.history is None:
@@ -72,4 +84,7 @@ class NTMController(CoordinatewiseLSTM):
             Bv = torch.cat([state["memory"][1], b], -1)[..., -self.history :]
             memory = (A, Bv)
             read = A @ (Bv.transpose(1, 2) @ r)                     # sum_i a_i (b_i . r), never n x n
+            if self.from_read:
+                read = read + r                                     # M_0 = I
+        update = read[..., 0] * self.scale if self.from_read else self.readout(x).view(N, n)
         return update, {"lstm": lstm, "read": read, "memory": memory}
