@@ -247,11 +247,13 @@ REPORT_RUNS = typer.Argument(None, help="Run folders or folders holding them (de
                   "RUNS (default: outputs): each claim's ratio to the best tuned baseline per meta-training seed, its "
                   "95% bootstrap interval, the spread over seeds, the verdict, the data and the commands.")
 def report(runs: list[str] | None = REPORT_RUNS,
-           to: str = typer.Option("docs/report.md", "--out", help="The Markdown file (figures beside it).")):
+           to: str = typer.Option("docs/report.md", "--out", help="The Markdown file (figures beside it)."),
+           readme: str | None = typer.Option(None, help="Also put the verdict table into this file (README.md), "
+                                             "between its '<!-- l2l report: begin -->' and '... end -->' lines.")):
     from .report.build import run as build_report
 
     try:
-        r = build_report(list(runs or ["outputs"]), to)
+        r = build_report(list(runs or ["outputs"]), to, readme)
     except L2LError as e:
         _fail(e)
     t = r["table"]

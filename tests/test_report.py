@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from l2lcli.cli import app
 from l2lcli.commands import experiment
 from l2lcli.report.build import run, verdict
-from l2lcli.report.claims import CLAIMS, evaluate_claim, generalize_claims
+from l2lcli.report.claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
+from tests.test_cli import one_line_error
 
 
 def rows(*ratios, seeds=None, eval_seed=0, problems=64, width=0.05):
@@ -77,6 +78,19 @@ def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
 
     res = CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.md")])
     assert res.exit_code == 0 and "1 of 19 claims measured" in res.output
+    readme = tmp_path / "README.md"  # the README's results table comes from the report, between two markers
+    readme.write_text("# x\n\nbefore\n<!-- l2l report: begin -->\nold table\n<!-- l2l report: end -->\nafter\n")
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "docs" / "r.md"),
+                                       "--readme", str(readme)])
+        assert res.exit_code == 0, res.output
+    text = readme.read_text()
+    assert "old table" not in text and text.count("| claim | paper | verdict |") == 1 and "(docs/r.md)" in text
+    assert text.startswith("# x\n\nbefore\n<!-- l2l report: begin -->") and text.endswith("end -->\nafter\n")
+    assert f"| {BY_ID['fig2'].statement} | Figure 2 | {verdict('fig2', pd.DataFrame(learned_rows[1:]))} | 1 |" in text
+    readme.write_text("no markers\n")
+    one_line_error(CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.md"),
+                                            "--readme", str(readme)]), "needs one '<!-- l2l report: begin -->'")
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such run folder" in res.output
 
