@@ -214,8 +214,9 @@ def generalize(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRU
     cols += ["95% interval"] if "95% interval" in t else []
     cols += ["verdict"] + [c for c in ("sub_final_loss", "sub_ratio", "sub 95% interval") if c in t]
     _table(t[cols], f"{r['task']}: {r['figure']}, {r['problems']} {r['split']} problems per variant")
-    for row in r["rows"]:
-        out.print(f"baselines of {row['variant']}: {row['baselines']}")
+    if baselines:
+        for row in r["rows"]:
+            out.print(f"baselines of {row['variant']}: {row['baselines']}")
     out.print(f"generalize -> {r['run_dir']}")
     _print_loggers(r)
 

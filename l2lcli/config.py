@@ -138,6 +138,9 @@ def check(cfg: DictConfig, command: str) -> None:
     if is_learned(cfg.optimizer) and cfg.optimizer.get("gac", 0) > cfg.optimizer.hidden:
         raise L2LError(f"optimizer.gac={cfg.optimizer.gac} is more than optimizer.hidden={cfg.optimizer.hidden}: "
                        "averaging cells are a subset of each layer's cells")
+    if cfg.optimizer.get("update_from") == "read" and cfg.optimizer.get("output", "linear") != "linear":
+        raise L2LError(f"optimizer.output={cfg.optimizer.output} shapes a read-out that optimizer.update_from=read "
+                       "does not use (the update is the memory's read): use optimizer.update_from=controller")
     if "conv_layers" in cfg.task:  # each conv layer halves the image: at least one pixel must be left
         side = min(SHAPES[cfg.task.dataset][1:])
         if side >> cfg.task.conv_layers < 1:

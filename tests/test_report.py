@@ -90,7 +90,7 @@ def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
     assert f"| {BY_ID['fig2'].statement} | Figure 2 | {verdict('fig2', pd.DataFrame(learned_rows[1:]))} | 1 |" in text
     readme.write_text("no markers\n")
     one_line_error(CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.md"),
-                                            "--readme", str(readme)]), "needs one '<!-- l2l report: begin -->'")
+                                            "--readme", str(readme)]), "needs one line '<!-- l2l report: begin -->'")
     res = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such run folder" in res.output
 

@@ -145,3 +145,11 @@ def test_a_checkpoint_saved_before_the_update_key_keeps_its_controller_form(make
     cfg = compose_for([f"out_dir={tmp_path / 'outputs'}"], checkpoint=str(old))
     assert cfg.optimizer.update_from == "controller"
     assert evaluate.run(cfg)["rows"][0]["final_loss"] > 0
+
+
+def test_a_read_out_shape_with_the_read_update_is_refused(make_cfg):
+    from l2lcli.config import check
+    check(make_cfg("optimizer=ntm_bfgs", "optimizer.update_from=controller", "optimizer.output=exp_magnitude"),
+          "meta-train")
+    with pytest.raises(L2LError, match="use optimizer.update_from=controller"):
+        check(make_cfg("optimizer=ntm_bfgs", "optimizer.output=exp_magnitude"), "meta-train")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..config import baseline_config, build
 from ..errors import L2LError
@@ -62,13 +64,22 @@ def mismatch(swept: dict, here: dict) -> str | None:
 
 
 def find_baselines(folder: Path, cfg: DictConfig) -> Path | None:
-    """The newest sweep-baselines run under `folder` (or `folder` itself) swept on cfg's very problems."""
-    here = problem_key(cfg)
-    for csv in sorted(Path(folder).rglob("best.csv"), key=lambda c: c.parent.name, reverse=True):
-        saved = csv.parent / "config.yaml"
-        if saved.is_file() and mismatch(problem_key(OmegaConf.load(saved)), here) is None:
-            return csv.parent
-    return None
+    """The newest sweep-baselines run under `folder` (or `folder` itself) swept on cfg's very problems, with cfg's
+    baselines and learning-rate grid: a sweep with fewer baselines or another grid would make the best baseline
+    weaker than this command's own sweep. Runs whose config cannot be read are passed over."""
+    here, grid = problem_key(cfg), OmegaConf.to_container(cfg.sweep, resolve=True)
+    found = []
+    for csv in Path(folder).rglob("best.csv"):
+        try:
+            saved = OmegaConf.load(csv.parent / "config.yaml")
+            swept = problem_key(saved)
+            same = (set(here) <= set(swept) and mismatch(swept, here) is None  # every key: an older run may lack one
+                    and OmegaConf.to_container(saved.sweep, resolve=True) == grid)
+        except (OSError, KeyError, ValueError, yaml.YAMLError, OmegaConfBaseException):  # unreadable, or not ours
+            continue
+        if same:
+            found.append((csv.stat().st_mtime_ns, csv.parent))
+    return max(found)[1] if found else None
 
 
 def read_best(csv: Path) -> pd.DataFrame:

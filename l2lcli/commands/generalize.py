@@ -40,16 +40,16 @@ def variants(cfg: DictConfig) -> list[dict]:
     return found
 
 
-def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> tuple[dict, pd.DataFrame]:
-    """Tune every baseline's learning rate on this task's eval.split problems (or take the best learning rates of a
-    sweep-baselines run under eval.baselines made on these very problems), then run the learned optimizers
-    ({name: optimizer}; the first is the one the row's ratio is about, a second is LSTM-sub)."""
+def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device, swept: Path | None = None
+            ) -> tuple[dict, pd.DataFrame]:
+    """Tune every baseline's learning rate on this task's eval.split problems (or take the best learning rates of
+    the sweep-baselines run `swept`, made on these very problems), then run the learned optimizers ({name:
+    optimizer}; the first is the one the row's ratio is about, a second is LSTM-sub)."""
     task = build(task_cfg)
     for optimizer in optimizers.values():
         fits(optimizer, task, cfg.eval.problems)
     steps = task_cfg.steps
     problems = task.sample(cfg.eval.split, cfg.eval.problems, cfg.eval.seed, device=device)
-    swept = find_baselines(cfg.eval.baselines, OmegaConf.merge(cfg, {"task": task_cfg})) if cfg.eval.baselines else None
     if swept is not None:
         best = read_best(swept / "best.csv")
     else:
@@ -72,15 +72,21 @@ def compare(cfg: DictConfig, task_cfg: DictConfig, optimizers: dict, device) -> 
     return row, curves
 
 
-def _check_baselines(cfg: DictConfig, todo: list[dict]) -> None:
-    """eval.baselines must hold a sweep made on at least one variant's problems (the others are swept here)."""
+def sweeps_for(cfg: DictConfig, todo: list[dict]) -> list[Path | None]:
+    """Each variant's sweep-baselines run under eval.baselines (None: sweep here); at least one must be found."""
+    if not cfg.eval.baselines:
+        return [None] * len(todo)
     folder = Path(cfg.eval.baselines)
     if not folder.is_dir():
         raise L2LError(f"baselines '{folder}' is not a folder: pass a sweep-baselines run folder or a folder of them")
-    if not any(find_baselines(folder, OmegaConf.merge(cfg, {"task": v})) for v in todo):
+    # the variant's horizon is its task.steps (generalize races task.steps; eval.steps plays no part)
+    found = [find_baselines(folder, OmegaConf.merge(cfg, {"task": v, "eval": {"steps": None}})) for v in todo]
+    if not any(found):
         raise L2LError(f"no sweep-baselines run under '{folder}' was made on the problems of any variant of "
-                       f"{cfg.generalize.figure}: sweep each with `l2l sweep-baselines` and the variant's task keys "
-                       f"(the same eval.seed, eval.problems, eval.split), or leave --baselines out to sweep here")
+                       f"{cfg.generalize.figure} with this sweep's baselines and grid: sweep each with `l2l "
+                       "sweep-baselines` and the variant's task keys (the same eval.seed, eval.problems, eval.split, "
+                       "sweep.*), or leave --baselines out to sweep here")
+    return found
 
 
 def run(cfg: DictConfig) -> dict:
@@ -96,14 +102,13 @@ def run(cfg: DictConfig) -> dict:
                            f"task={cfg.task.name}")
         optimizers[f"{sub['optimizer_name']}-sub"] = rule_from(sub).to(setup.device)
     todo = variants(cfg)
-    if cfg.eval.baselines:
-        _check_baselines(cfg, todo)
+    sweeps = sweeps_for(cfg, todo)
     run_dir = setup.open_run("generalize")
     with setup.log as log:
         rows, curves = [], []
-        for v in todo:
+        for v, swept in zip(todo, sweeps, strict=True):
             label = " ".join(f"{k}={'null' if val is None else val}" for k, val in v.items())  # as an override
-            row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizers, setup.device)
+            row, c = compare(cfg, OmegaConf.merge(cfg.task, v), optimizers, setup.device, swept)
             rows.append({"variant": label, **v, **row})
             curves.append(c.assign(variant=label))
             log.write_csv(run_dir / "generalize.csv", pd.DataFrame(rows))  # grows as variants finish
