@@ -96,6 +96,8 @@ def _generalize_rows(s, cfg, trained, common) -> list[dict]:
     figure = s["figure"]
     if cfg.task.name == "mnist" and any(trained.task.get(k) != v for k, v in PAPER_MLP.items()):
         return out  # Figures 5-6 are about the paper's MLP's optimizer
+    sub = _sub_checkpoint(cfg, common) if figure == "figure7" else None  # LSTM-sub, once per run
+    sub_seed = load_checkpoint(sub)["config"].seed if sub is not None else None
     for row in s["rows"]:
         variant = {k: v for k, v in row.items() if k not in RESULT_KEYS}
         for claim in generalize_claims(figure, variant):
@@ -104,9 +106,8 @@ def _generalize_rows(s, cfg, trained, common) -> list[dict]:
                         "best_baseline": row["best_baseline"], "best_baseline_final_loss": row[
                             "best_baseline_final_loss"], "steps": variant.get("steps", cfg.task.steps),
                         "variant": row["variant"], "figure": str(Path(s["run_dir"]) / f"{figure}.png")})
-        sub = _sub_checkpoint(cfg, common) if figure == "figure7" and row.get("sub_ratio") is not None else None
-        if sub is not None and variant.get("classes"):
-            out.append({**common, "claim": "fig7-sub", "seed": load_checkpoint(sub)["config"].seed,
+        if sub is not None and row.get("sub_ratio") is not None and variant.get("classes"):
+            out.append({**common, "claim": "fig7-sub", "seed": sub_seed,
                         "ratio": row["sub_ratio"],
                         "ratio_low": row.get("sub_ratio_low"), "ratio_high": row.get("sub_ratio_high"),
                         "learned_final_loss": row["sub_final_loss"],
