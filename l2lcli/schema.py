@@ -75,7 +75,7 @@ GROUPS = maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 a
     for k, s in v.items()), "{net: [name prefixes or kind:KIND], ...}"))
 VARIANTS = Rule(lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
     isinstance(x, (dict, DictConfig)) and len(x) > 0 for x in v), "a non-empty list of {task key: value} variants")
-PREPROCESS = one_of("none", "log_sign")
+PREPROCESS = one_of("none", "log_sign", "moments")
 
 RULES: dict[str, Rule] = {
     "seed": SEED, "out_dir": TEXT, "data.root": TEXT, "recipe.name": TEXT, "recipe.about": TEXT,
@@ -103,7 +103,9 @@ RULES: dict[str, Rule] = {
     "optimizer.beta1": FRACTION, "optimizer.beta2": FRACTION, "optimizer.eps": POSITIVE,
     "optimizer.alpha": FRACTION, "optimizer.momentum": FRACTION,
     "optimizer.hidden": whole(1), "optimizer.layers": whole(1), "optimizer.gac": whole(0),
-    "optimizer.preprocess": PREPROCESS, "optimizer.p": POSITIVE, "optimizer.output_scale": POSITIVE,
+    "optimizer.preprocess": PREPROCESS, "optimizer.p": POSITIVE,
+    "optimizer.momenta": list_of(FRACTION, nonempty=False), "optimizer.rms_decay": FRACTION,
+    "optimizer.problem_inputs": FLAG, "optimizer.output_scale": POSITIVE,
     "optimizer.output": one_of("linear", "exp_magnitude"), "optimizer.groups": GROUPS,
     "optimizer.read_heads": whole(1), "optimizer.write_heads": whole(1), "optimizer.history": maybe(whole(1)),
     "optimizer.max_memory_floats": POSITIVE, "optimizer.update_from": one_of("read", "controller"),

@@ -6,7 +6,7 @@ import torch
 from l2lcli.config import build
 from l2lcli.errors import L2LError
 from l2lcli.optimizers.learned import LSTMOptimizer
-from l2lcli.optimizers.preprocess import preprocess
+from l2lcli.optimizers.preprocess import Moments, ProblemInputs, preprocess
 
 
 def _lstm(**kw):
@@ -33,6 +33,81 @@ def test_preprocess_is_appendix_a():
     torch.testing.assert_close(x[2], torch.tensor([-1.0, math.exp(p) * 1e-6]))
     torch.testing.assert_close(x[4], torch.tensor([-1.0, 0.0]))
     assert preprocess(g, "none", p).shape == (5, 1)
+
+
+def test_moments_are_adams_bias_corrected_averages_over_the_rms():
+    """preprocess=moments: g / RMS and each momentum / RMS, bias-corrected, computed by hand for three steps."""
+    mom = Moments((0.5, 0.9), 0.99)
+    gs = torch.tensor([[2.0, -1.0, 0.0], [1.0, 3.0, 0.0], [-4.0, 1.0, 0.0]])
+    state = mom.init_state(3, "cpu", torch.float32)
+    m = torch.zeros(2, 3)
+    v = torch.zeros(3)
+    for t, g in enumerate(gs, 1):
+        x, state = mom(g, state)
+        m = torch.stack([0.5 * m[0] + 0.5 * g, 0.9 * m[1] + 0.1 * g])
+        v = 0.99 * v + 0.01 * g * g
+        rms = (v / (1 - 0.99**t)).sqrt() + Moments.eps
+        want = torch.stack([g / rms, m[0] / (1 - 0.5**t) / rms, m[1] / (1 - 0.9**t) / rms])
+        torch.testing.assert_close(x, want)
+    torch.testing.assert_close(x[:, 2], torch.zeros(3))  # a coordinate whose gradient was always zero: no NaN
+    torch.testing.assert_close(mom(gs[0], mom.init_state(3, "cpu", torch.float32))[0][0], gs[0].sign())
+
+
+def test_moments_inputs_make_the_rule_blind_to_the_losss_scale():
+    """Gradients multiplied by 1000 give the same updates: the rule sees only ratios (Lv et al. 2017)."""
+    opt = _lstm(preprocess="moments", momenta=(0.5, 0.9, 0.99), rms_decay=0.99)
+    grads = [{"w": torch.randn(3, 7)} for _ in range(5)]
+    small = _run(opt, grads, {"w": torch.zeros(3, 7)})
+    big = _run(opt, [{"w": 1000 * g["w"]} for g in grads], {"w": torch.zeros(3, 7)})
+    torch.testing.assert_close(big["w"], small["w"])
+    plain = _run(_lstm(preprocess="none"), grads, {"w": torch.zeros(3, 7)})
+    assert not torch.allclose(_run(_lstm(preprocess="none"), [{"w": 1000 * g["w"]} for g in grads],
+                                   {"w": torch.zeros(3, 7)})["w"], plain["w"], rtol=1e-3)
+    assert opt.nets["all"].cells[0].input_size == 4
+
+
+def test_problem_inputs_secant_step_is_the_line_minimum_on_a_quadratic():
+    """s = -(u . g) / (u . dg): from theta + u, s more of u reaches the minimum of the quadratic along u."""
+    torch.manual_seed(0)
+    A = torch.randn(2, 6, 6, dtype=torch.float64)
+    A = A @ A.transpose(1, 2) + torch.eye(6, dtype=torch.float64)
+    b = torch.randn(2, 6, dtype=torch.float64)
+
+    def grad(theta):
+        return torch.einsum("bij,bj->bi", A, theta) - b
+
+    theta0, u = torch.randn(2, 6, dtype=torch.float64), torch.randn(2, 6, dtype=torch.float64)
+    pin = ProblemInputs()
+    state = pin.init_state(2, 6, "cpu", torch.float64)
+    first = pin(grad(theta0), state)
+    torch.testing.assert_close(first, torch.zeros(5, 12, dtype=torch.float64))  # no previous step yet
+    state = pin.update(grad(theta0), u)
+    theta1 = theta0 + u
+    x = pin(grad(theta1), state).view(5, 2, 6)
+    assert (x[:3] == x[:3, :, :1]).all()  # one value per problem, repeated over its coordinates
+    s = x[2, :, 0]
+    torch.testing.assert_close(x[3], u)
+    torch.testing.assert_close(x[4], s.unsqueeze(1) * u)
+    g_line = grad(theta1 + s.unsqueeze(1) * u)
+    inside = s.abs() < 5  # the clamp
+    torch.testing.assert_close((g_line * u).sum(1)[inside], torch.zeros(int(inside.sum()), dtype=torch.float64))
+    g0, g1 = grad(theta0), grad(theta1)
+    torch.testing.assert_close(x[0, :, 0], (g1.norm(dim=1) / g0.norm(dim=1)).log().clamp(-5, 5))
+    torch.testing.assert_close(x[1, :, 0], torch.nn.functional.cosine_similarity(g0, g1, dim=1))
+    torch.testing.assert_close(pin(1e3 * g1, pin.update(1e3 * g0, u)), pin(g1, state))  # blind to the loss's scale
+
+
+def test_problem_inputs_give_the_rule_a_view_across_coordinates():
+    """With problem_inputs, one coordinate's update depends on the other coordinates' gradients."""
+    opt = _lstm(preprocess="none", problem_inputs=True)
+    grads = [{"w": torch.randn(1, 5)} for _ in range(3)]
+    other = [{"w": torch.cat([g["w"][:, :1], 2 * g["w"][:, 1:]], 1)} for g in grads]
+    a = _run(opt, grads, {"w": torch.zeros(1, 5)})["w"][0, 0]
+    b = _run(opt, other, {"w": torch.zeros(1, 5)})["w"][0, 0]
+    assert not torch.isclose(a, b)
+    plain = _lstm(preprocess="none")
+    torch.testing.assert_close(_run(plain, grads, {"w": torch.zeros(1, 5)})["w"][0, 0],
+                               _run(plain, other, {"w": torch.zeros(1, 5)})["w"][0, 0])
 
 
 def test_feature_major_cell_is_torch_lstm_cell():

@@ -6,17 +6,21 @@ import torch
 from torch import nn
 
 from .cells import lstm_cell
-from .preprocess import features, preprocess
+from .preprocess import Moments, ProblemInputs, features, preprocess
 
 
 class CoordinatewiseLSTM(nn.Module):
     """A stack of LSTM cells applied to every coordinate; `gac` cells per layer are global averaging cells."""
 
-    def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0, output="linear"):
+    def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0, output="linear",
+                 momenta=(0.5, 0.9, 0.99), rms_decay=0.99, problem_inputs=False):
         super().__init__()
         self.hidden, self.gac, self.kind, self.p, self.scale = hidden, gac, preprocess, p, output_scale
         self.output = output
-        self.cells = nn.ModuleList(nn.LSTMCell(features(preprocess) if i == 0 else hidden, hidden)
+        self.moments = Moments(momenta, rms_decay) if preprocess == "moments" else None
+        self.problem = ProblemInputs() if problem_inputs else None
+        inputs = features(preprocess, momenta) + (ProblemInputs.count if problem_inputs else 0)
+        self.cells = nn.ModuleList(nn.LSTMCell(inputs if i == 0 else hidden, hidden)
                                    for i in range(layers))
         self.out = nn.Linear(hidden, 1 if output == "linear" else 2)
         with torch.no_grad():
@@ -26,7 +30,16 @@ class CoordinatewiseLSTM(nn.Module):
             self.out.bias.zero_()
 
     def init_state(self, N: int, n: int, device, dtype):
-        return [tuple(torch.zeros(self.hidden, N * n, device=device, dtype=dtype) for _ in "hc") for _ in self.cells]
+        """The layers' (h, c) [H, N * n] each; with stateful inputs, {"lstm": those, and the inputs' states}."""
+        lstm = [tuple(torch.zeros(self.hidden, N * n, device=device, dtype=dtype) for _ in "hc") for _ in self.cells]
+        if self.moments is None and self.problem is None:
+            return lstm
+        state = {"lstm": lstm}
+        if self.moments is not None:
+            state["moments"] = self.moments.init_state(N * n, device, dtype)
+        if self.problem is not None:
+            state["problem"] = self.problem.init_state(N, n, device, dtype)
+        return state
 
     def _average(self, h, N: int):
         hv = h.view(self.hidden, N, -1)
@@ -52,8 +65,21 @@ class CoordinatewiseLSTM(nn.Module):
     def forward(self, g: torch.Tensor, state):
         """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
         N = g.shape[0]
-        x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p, dim=0), state, N)
-        return self.readout(x).view(N, -1), new_state
+        if self.moments is None and self.problem is None:
+            x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p, dim=0), state, N)
+            return self.readout(x).view(N, -1), new_state
+        new_state = {}
+        if self.moments is None:
+            inputs = preprocess(g.reshape(-1), self.kind, self.p, dim=0)
+        else:
+            inputs, new_state["moments"] = self.moments(g.reshape(-1), state["moments"])
+        if self.problem is not None:
+            inputs = torch.cat([inputs, self.problem(g, state["problem"])], 0)
+        x, new_state["lstm"] = self.stack(inputs, state["lstm"], N)
+        update = self.readout(x).view(N, -1)
+        if self.problem is not None:
+            new_state["problem"] = self.problem.update(g, update / self.scale)  # in the read-out's units
+        return update, new_state
 
     def readout(self, x):
         """The update of every column of the top layer's output x [H, rows]: [1, rows]."""

@@ -1,4 +1,4 @@
-"""The learned optimizer's input features of a gradient (paper Appendix A)."""
+"""The learned optimizer's input features of a gradient: Appendix A's, or scale-free moments (Lv et al. 2017)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import math
 
 import torch
 
-KINDS = ("none", "log_sign")
+KINDS = ("none", "log_sign", "moments")
 
 
 def preprocess(g: torch.Tensor, kind: str, p: float, dim: int = -1) -> torch.Tensor:
-    """Gradient features, stacked at `dim`: the raw gradient, or Appendix A's (log|g|/p, sgn g) / (-1, e^p g)."""
+    """Stateless gradient features, stacked at `dim`: the raw gradient, or Appendix A's (log|g|/p, sgn g) /
+    (-1, e^p g). `moments` keeps averages over steps: see Moments."""
     if kind == "none":
         return g.unsqueeze(dim)
     if kind == "log_sign":
@@ -21,6 +22,63 @@ def preprocess(g: torch.Tensor, kind: str, p: float, dim: int = -1) -> torch.Ten
     raise ValueError(f"unknown preprocess {kind!r}: choose {' or '.join(KINDS)}")
 
 
-def features(kind: str) -> int:
-    """How many input features `preprocess` gives per gradient entry."""
-    return 2 if kind == "log_sign" else 1
+def features(kind: str, momenta=()) -> int:
+    """How many input features per gradient entry."""
+    return {"log_sign": 2, "moments": 1 + len(momenta)}.get(kind, 1)
+
+
+class Moments:
+    """Scale-free inputs: the gradient and its running averages at several timescales (`momenta`, Wichrowska et
+    al. 2017), each divided by the gradient's running RMS (decay `rms_decay`), all bias-corrected as in ADAM.
+    Multiplying the loss by any factor leaves them unchanged (Lv et al. 2017), so one learned rule can serve
+    problems whose gradients differ by orders of magnitude without seeing their scale."""
+
+    eps = 1e-12  # well below any gradient's RMS in float32: only a coordinate whose gradient was always 0 meets it
+
+    def __init__(self, momenta, rms_decay: float):
+        self.momenta, self.rms_decay = tuple(float(b) for b in momenta), float(rms_decay)
+
+    def init_state(self, rows: int, device, dtype) -> dict:
+        return {"m": torch.zeros(len(self.momenta), rows, device=device, dtype=dtype),
+                "v": torch.zeros(rows, device=device, dtype=dtype),
+                "t": torch.zeros((), device=device, dtype=dtype)}
+
+    def __call__(self, g: torch.Tensor, state: dict):
+        """Features [1 + len(momenta), rows] of the gradient g [rows], and the new state."""
+        t = state["t"] + 1
+        b = torch.tensor(self.momenta, device=g.device, dtype=g.dtype).unsqueeze(1)
+        m = b * state["m"] + (1 - b) * g
+        v = self.rms_decay * state["v"] + (1 - self.rms_decay) * g * g
+        rms = (v / (1 - self.rms_decay ** t)).sqrt() + self.eps
+        x = torch.cat([(g / rms).unsqueeze(0), m / (1 - b ** t) / rms], 0)
+        return x, {"m": m, "v": v, "t": t}
+
+
+class ProblemInputs:
+    """Inputs from a problem's whole gradient g and the rule's last update u (in read-out units), where a
+    coordinatewise rule sees one coordinate: three shared by all its coordinates, log(|g| / |g_prev|),
+    cos(g, g_prev) and the secant step s = -(u . g) / (u . (g - g_prev)), how many more of the last step an exact line
+    search along it would take on a quadratic (conjugate gradients' step length); and two per coordinate, u_i and
+    s u_i. What curvature-aware methods build on; none changes when the loss is scaled."""
+
+    count = 5
+
+    def init_state(self, N: int, n: int, device, dtype) -> dict:
+        return {"g": torch.zeros(N, n, device=device, dtype=dtype), "u": torch.zeros(N, n, device=device, dtype=dtype)}
+
+    def __call__(self, g: torch.Tensor, state: dict) -> torch.Tensor:
+        """Features [5, N * n] of gradients g [N, n] (a problem's shared values repeated over its coordinates)."""
+        prev, u = state["g"], state["u"]
+        norm, prev_norm = g.norm(dim=1), prev.norm(dim=1)
+        seen = prev_norm > 0  # the first step has no previous gradient: its features are 0
+        ratio = torch.where(seen, (norm.clamp_min(1e-30) / prev_norm.clamp_min(1e-30)).log().clamp(-5, 5), 0.0)
+        cos = torch.where(seen, (g * prev).sum(1) / (norm * prev_norm).clamp_min(1e-30), 0.0)
+        curve = (u * (g - prev)).sum(1)
+        # a flat or non-convex direction (u . dg <= 0) has no line-search minimum: 0, and the clamp bounds the rest
+        s = torch.where(curve > 0, -(u * g).sum(1) / curve.clamp_min(1e-30), 0.0).clamp(-5, 5)
+        shared = torch.stack([ratio, cos, s]).unsqueeze(2).expand(-1, -1, g.shape[1])
+        return torch.cat([shared, torch.stack([u, s.unsqueeze(1) * u])], 0).reshape(self.count, -1)
+
+    @staticmethod
+    def update(g: torch.Tensor, u: torch.Tensor) -> dict:
+        return {"g": g, "u": u.detach()}
