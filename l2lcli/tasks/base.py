@@ -18,7 +18,7 @@ import torch
 
 SPLITS = ("train", "validation", "test")
 # Keys of a task's config that learned optimizers read (the paper's choices per task), not part of its problems.
-LEARNER_KEYS = ("preprocess", "output_scale", "groups")
+LEARNER_KEYS = ("preprocess", "output_scale", "groups", "problem_inputs")
 
 
 @dataclass(frozen=True)
@@ -126,11 +126,13 @@ class TaskFamily:
     """A family of problems: `sample(split, n, seed, index, device)` gives a batch of n problems."""
 
     def __init__(self, name: str, steps: int, preprocess: str = "none", output_scale: float = 1.0,
-                 groups: dict | None = None):
-        # preprocess, output_scale and groups are the paper's choices for learned optimizers on this task; the
-        # optimizer config reads them by interpolation, so they live here and are otherwise unused by the task.
+                 groups: dict | None = None, problem_inputs: bool = False):
+        # preprocess, output_scale, groups and problem_inputs are the paper's (or a recipe's) choices for learned
+        # optimizers on this task; the optimizer config reads them by interpolation, so they live here and are
+        # otherwise unused by the task.
         self.name, self.steps = name, int(steps)
         self.preprocess, self.output_scale, self.groups = preprocess, output_scale, groups
+        self.problem_inputs = problem_inputs
 
     def specs(self) -> tuple[ParamSpec, ...]:
         """The parameters of every problem of this family."""
