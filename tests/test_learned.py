@@ -265,13 +265,14 @@ def test_a_checkpoint_saved_before_problem_inputs_keeps_them_off(make_cfg, tmp_p
     from l2lcli.commands import evaluate, train
     from l2lcli.commands.common import compose_for
     from l2lcli.runs import load_checkpoint, rule_from, save_checkpoint
-    r = train.run(make_cfg())
+    r = train.run(make_cfg("task.problem_inputs=false"))  # as every rule was trained before the key existed
     ckpt = load_checkpoint(r["checkpoint"])
     del ckpt["config"].optimizer["problem_inputs"]
     del ckpt["config"].task["problem_inputs"]
     old = tmp_path / "old.pt"
     save_checkpoint(old, ckpt["config"], rule_from(ckpt))
-    cfg = compose_for([f"out_dir={tmp_path / 'outputs'}", "task.problem_inputs=true"], checkpoint=str(old))
+    cfg = compose_for([f"out_dir={tmp_path / 'outputs'}", "task.problem_inputs=true", "device.compile=false",
+                       "eval.problems=8"], checkpoint=str(old))
     assert cfg.optimizer.problem_inputs is False
     assert evaluate.run(cfg)["rows"][0]["final_loss"] > 0
 

@@ -19,6 +19,7 @@ class CoordinatewiseLSTM(nn.Module):
         self.output = output
         self.moments = Moments(momenta, rms_decay) if preprocess == "moments" else None
         self.problem = ProblemInputs() if problem_inputs else None
+        self.stateful = self.moments is not None or self.problem is not None  # state: a dict, not the layers' list
         inputs = features(preprocess, momenta) + (ProblemInputs.count if problem_inputs else 0)
         self.cells = nn.ModuleList(nn.LSTMCell(inputs if i == 0 else hidden, hidden)
                                    for i in range(layers))
@@ -32,7 +33,7 @@ class CoordinatewiseLSTM(nn.Module):
     def init_state(self, N: int, n: int, device, dtype):
         """The layers' (h, c) [H, N * n] each; with stateful inputs, {"lstm": those, and the inputs' states}."""
         lstm = [tuple(torch.zeros(self.hidden, N * n, device=device, dtype=dtype) for _ in "hc") for _ in self.cells]
-        if self.moments is None and self.problem is None:
+        if not self.stateful:
             return lstm
         state = {"lstm": lstm}
         if self.moments is not None:
@@ -65,9 +66,6 @@ class CoordinatewiseLSTM(nn.Module):
     def forward(self, g: torch.Tensor, state):
         """Updates [N, n] for gradients [N, n] of N problems with n coordinates each."""
         N = g.shape[0]
-        if self.moments is None and self.problem is None:
-            x, new_state = self.stack(preprocess(g.reshape(-1), self.kind, self.p, dim=0), state, N)
-            return self.readout(x).view(N, -1), new_state
         new_state = {}
         if self.moments is None:
             inputs = preprocess(g.reshape(-1), self.kind, self.p, dim=0)
@@ -75,11 +73,13 @@ class CoordinatewiseLSTM(nn.Module):
             inputs, new_state["moments"] = self.moments(g.reshape(-1), state["moments"])
         if self.problem is not None:
             inputs = torch.cat([inputs, self.problem(g, state["problem"])], 0)
-        x, new_state["lstm"] = self.stack(inputs, state["lstm"], N)
+        x, lstm = self.stack(inputs, state["lstm"] if self.stateful else state, N)
         update = self.readout(x).view(N, -1)
+        if not self.stateful:
+            return update, lstm
         if self.problem is not None:
             new_state["problem"] = self.problem.update(g, update / self.scale)  # in the read-out's units
-        return update, new_state
+        return update, {**new_state, "lstm": lstm}
 
     def readout(self, x):
         """The update of every column of the top layer's output x [H, rows]: [1, rows]."""

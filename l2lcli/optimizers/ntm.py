@@ -41,7 +41,7 @@ class NTMController(CoordinatewiseLSTM):
         self.reads, self.writes, self.history, self.max_memory = read_heads, write_heads, history, max_memory_floats
         self.from_read = update_from == "read"  # the default "controller" is what checkpoints without the key trained
         super().__init__(**kw)
-        if self.moments is not None or self.problem is not None:
+        if self.stateful:
             raise ValueError("NTM controllers take stateless inputs: preprocess none or log_sign, no problem_inputs")
         if self.from_read:
             self.out = None  # the update is the read result: no read-out layer
