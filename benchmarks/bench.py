@@ -101,6 +101,7 @@ class RowMajorLSTM:
 
     def __init__(self, rule):
         assert not any(net.gac for net in rule.nets.values()), "the reference is the plain LSTM"
+        assert not any(net.stateful for net in rule.nets.values()), "the reference takes the paper's inputs only"
         self.rule, self.nets = rule, {g: RowMajorNet(net) for g, net in rule.nets.items()}
 
     def assign(self, names, kinds=None):

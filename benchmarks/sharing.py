@@ -22,7 +22,7 @@ def main():
     parser.add_argument("--optimizers", default="lstm,lstm_gac,ntm_bfgs,ntm_lbfgs")
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="l2l-sharing-")
-    base = [f"task={args.task}", f"out_dir={out}"]
+    base = [f"task={args.task}", "recipe=paper", f"out_dir={out}"]  # the paper's forms: no recipe's extra inputs
     swept = sweep.run(compose(base))
     print(f"{'optimizer':<10} {'epochs':>6} {'final loss':>11} {'vs best baseline':>17} {'cost vs ADAM':>13}")
     for name in args.optimizers.split(","):

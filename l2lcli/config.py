@@ -95,7 +95,8 @@ def with_inherited(overrides: list[str], saved: DictConfig, groups: tuple[str, .
 # keys added since a checkpoint was saved, whose default is not what it trained with: {(group, key): (a key only
 # configs that take it hold, the value such a config had before)}; NTMs updated from their controller until then,
 # and learned optimizers saw no problem inputs (a recipe may turn them on: the weights would not fit)
-SINCE = {("optimizer", "update_from"): ("read_heads", "controller"), ("optimizer", "problem_inputs"): ("hidden", False)}
+SINCE = {("optimizer", "update_from"): ("read_heads", "controller"), ("optimizer", "problem_inputs"): ("hidden", False),
+         ("task", "problem_inputs"): ("preprocess", False)}
 
 
 def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...], source: str) -> list[str]:

@@ -11,13 +11,13 @@ spec.loader.exec_module(bench)
 
 
 def test_reference_meta_gradient_equals_l2ls(make_cfg):
-    cfg = make_cfg()
+    cfg = make_cfg("recipe=paper")  # the reference is the paper's LSTM (no problem inputs)
     assert bench.same_meta_gradient(cfg, build(cfg.task), 3, 10) < 1e-4
 
 
 def test_reference_breaks_when_the_optimizer_differs(make_cfg, monkeypatch):
     """The check can fail: a reference with another output scale gives another meta-gradient."""
-    cfg = make_cfg()
+    cfg = make_cfg("recipe=paper")
     task = build(cfg.task)
     original = bench.RowMajorLSTM.step
 

@@ -46,7 +46,7 @@ def test_moments_are_adams_bias_corrected_averages_over_the_rms():
         x, state = mom(g, state)
         m = torch.stack([0.5 * m[0] + 0.5 * g, 0.9 * m[1] + 0.1 * g])
         v = 0.99 * v + 0.01 * g * g
-        rms = (v / (1 - 0.99**t)).sqrt() + Moments.eps
+        rms = (v / (1 - 0.99**t) + torch.finfo(torch.float32).tiny).sqrt()
         want = torch.stack([g / rms, m[0] / (1 - 0.5**t) / rms, m[1] / (1 - 0.9**t) / rms])
         torch.testing.assert_close(x, want)
     torch.testing.assert_close(x[:, 2], torch.zeros(3))  # a coordinate whose gradient was always zero: no NaN
@@ -81,7 +81,7 @@ def test_problem_inputs_secant_step_is_the_line_minimum_on_a_quadratic():
     state = pin.init_state(2, 6, "cpu", torch.float64)
     first = pin(grad(theta0), state)
     torch.testing.assert_close(first, torch.zeros(5, 12, dtype=torch.float64))  # no previous step yet
-    state = pin.update(grad(theta0), u)
+    state = pin.next_state(grad(theta0), u)
     theta1 = theta0 + u
     x = pin(grad(theta1), state).view(5, 2, 6)
     assert (x[:3] == x[:3, :, :1]).all()  # one value per problem, repeated over its coordinates
@@ -90,11 +90,12 @@ def test_problem_inputs_secant_step_is_the_line_minimum_on_a_quadratic():
     torch.testing.assert_close(x[4], s.unsqueeze(1) * u)
     g_line = grad(theta1 + s.unsqueeze(1) * u)
     inside = s.abs() < 5  # the clamp
+    assert inside.all()  # (these problems' steps are inside it, so the line minimum below is checked for both)
     torch.testing.assert_close((g_line * u).sum(1)[inside], torch.zeros(int(inside.sum()), dtype=torch.float64))
     g0, g1 = grad(theta0), grad(theta1)
     torch.testing.assert_close(x[0, :, 0], (g1.norm(dim=1) / g0.norm(dim=1)).log().clamp(-5, 5))
     torch.testing.assert_close(x[1, :, 0], torch.nn.functional.cosine_similarity(g0, g1, dim=1))
-    torch.testing.assert_close(pin(1e3 * g1, pin.update(1e3 * g0, u)), pin(g1, state))  # blind to the loss's scale
+    torch.testing.assert_close(pin(1e3 * g1, pin.next_state(1e3 * g0, u)), pin(g1, state))  # blind to the loss's scale
 
 
 def test_problem_inputs_give_the_rule_a_view_across_coordinates():
@@ -187,9 +188,11 @@ def test_groups_select_parameters_by_kind_or_name_prefix():
 
 
 def test_lstm_config_builds_the_paper_architecture(make_cfg):
-    opt = build(make_cfg().optimizer)
+    opt = build(make_cfg("recipe=paper").optimizer)
     net = opt.nets["all"]
     assert len(net.cells) == 2 and all(c.hidden_size == 20 for c in net.cells)
+    assert net.cells[0].input_size == 1 and not net.stateful  # the raw gradient alone
+    assert build(make_cfg().optimizer).nets["all"].cells[0].input_size == 6  # the default adds 5 problem inputs
     assert opt.learned
 
 
@@ -249,7 +252,8 @@ def test_cell_backward_is_autograds(fused):
         fuse(False)
 
 
-@pytest.mark.parametrize("overrides", [["task.problem_inputs=true"], ["task.preprocess=moments"],
+@pytest.mark.parametrize("overrides", [["task.problem_inputs=true"],
+                                       ["task.problem_inputs=false", "task.preprocess=moments"],
                                        ["task.problem_inputs=true", "task.preprocess=moments", "optimizer=lstm_gac"]])
 def test_stateful_inputs_meta_train_and_evaluate_from_the_cli_config(make_cfg, overrides):
     """Meta-training and evaluation run with the new inputs, and the checkpoint rebuilds the same rule."""
@@ -271,14 +275,32 @@ def test_a_checkpoint_saved_before_problem_inputs_keeps_them_off(make_cfg, tmp_p
     del ckpt["config"].task["problem_inputs"]
     old = tmp_path / "old.pt"
     save_checkpoint(old, ckpt["config"], rule_from(ckpt))
-    cfg = compose_for([f"out_dir={tmp_path / 'outputs'}", "task.problem_inputs=true", "device.compile=false",
-                       "eval.problems=8"], checkpoint=str(old))
-    assert cfg.optimizer.problem_inputs is False
+    # the quadratic best recipe turns problem inputs on; the old checkpoint must come back without them
+    cfg = compose_for([f"out_dir={tmp_path / 'outputs'}", "device.compile=false", "eval.problems=8"],
+                      checkpoint=str(old))
+    assert cfg.optimizer.problem_inputs is False and cfg.task.problem_inputs is False  # the run's config says so
     assert evaluate.run(cfg)["rows"][0]["final_loss"] > 0
 
 
-def test_ntms_refuse_stateful_inputs(make_cfg):
+def test_ntms_refuse_stateful_inputs_and_recipes_do_not_give_them_any(make_cfg):
     from l2lcli.config import check
-    for bad in ("task.problem_inputs=true", "task.preprocess=moments"):
+    from l2lcli.optimizers.ntm import NTMController
+    for task in ("quadratic", "mnist"):  # whose best recipes turn problem inputs on for the LSTMs
+        for name in ("ntm_bfgs", "ntm_lbfgs"):
+            cfg = make_cfg(f"task={task}", f"optimizer={name}")
+            check(cfg, "meta-train")
+            assert cfg.optimizer.problem_inputs is False
+    for bad in ("optimizer.problem_inputs=true", "task.preprocess=moments"):
         with pytest.raises(L2LError, match="for the LSTM optimizers"):
             check(make_cfg("optimizer=ntm_lbfgs", bad), "meta-train")
+    with pytest.raises(ValueError, match="stateless inputs"):
+        NTMController(problem_inputs=True)
+
+
+def test_problem_inputs_see_the_update_made_in_read_out_units():
+    """The state's last update u is the applied update over output_scale, whatever the scale."""
+    opt = _lstm(preprocess="none", problem_inputs=True, output_scale=0.01)
+    params = {"w": torch.zeros(2, 4)}
+    state = opt.init_state(params)
+    new, state = opt.step(params, {"w": torch.randn(2, 4)}, state)
+    torch.testing.assert_close(state["nets"]["all"]["problem"]["u"] * 0.01, (new["w"] - params["w"]).reshape(2, -1))

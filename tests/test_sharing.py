@@ -43,7 +43,7 @@ def test_problems_in_a_batch_stay_separate(make_cfg, name):
 def test_averaged_cells_are_equal_across_coordinates(make_cfg):
     opt = _opt(make_cfg, "lstm_gac", "optimizer.gac=3")
     _, state = _run(opt, [torch.randn(2, 7) for _ in range(2)], 2, 7)
-    for h, _ in state["nets"]["all"]:
+    for h, _ in state["nets"]["all"]["lstm"]:  # (the quadratic default's problem inputs make the state a dict)
         h = h.view(-1, 2, 7).permute(1, 2, 0)  # [hidden, problems * coords] -> [problems, coords, hidden]
         assert torch.allclose(h[:, :, :3], h[:, :1, :3].expand(-1, 7, -1))  # shared within a problem
         assert not torch.allclose(h[0, :, :3], h[1, :, :3])                  # not across problems

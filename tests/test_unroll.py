@@ -23,11 +23,12 @@ def _meta_gradient(cfg, problems, meta_loss="sum", steps=6, unroll=3):
     return torch.cat([p.grad.flatten() for p in opt.parameters()]), step_loss
 
 
-@pytest.mark.parametrize("task", ["quadratic", "mnist", "cifar"])
+@pytest.mark.parametrize("task", ["quadratic", "quadratic_paper", "mnist", "cifar"])
 def test_the_traced_step_computes_what_the_eager_step_computes(make_cfg, idx_root, tmp_path, task):  # noqa: F811
     """torch.func's gradient at detached parameters and the loss of step_inputs give autograd's meta-loss, means and
     meta-gradient (run eagerly here; the compiled test below compiles the same code)."""
-    overrides = {"quadratic": [], "mnist": [*MNIST_TINY, f"data.root={idx_root}"],
+    # best recipes: the problem inputs' dict state; paper recipes: the plain LSTM's list of layer states
+    overrides = {"quadratic": [], "quadratic_paper": ["recipe=paper"], "mnist": [*MNIST_TINY, f"data.root={idx_root}"],
                  "cifar": ["task=cifar", "recipe=paper", f"data.root={tmp_path}", "task.channels=2",
                            "task.fc_units=4", "task.minibatch=4"]}[task]
     if task == "cifar":

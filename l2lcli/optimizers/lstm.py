@@ -78,8 +78,8 @@ class CoordinatewiseLSTM(nn.Module):
         if not self.stateful:
             return update, lstm
         if self.problem is not None:
-            new_state["problem"] = self.problem.update(g, update / self.scale)  # in the read-out's units
-        return update, {**new_state, "lstm": lstm}
+            new_state["problem"] = self.problem.next_state(g, update / self.scale)  # in the read-out's units
+        return update, {"lstm": lstm, **new_state}
 
     def readout(self, x):
         """The update of every column of the top layer's output x [H, rows]: [1, rows]."""

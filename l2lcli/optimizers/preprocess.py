@@ -33,8 +33,6 @@ class Moments:
     Multiplying the loss by any factor leaves them unchanged (Lv et al. 2017), so one learned rule can serve
     problems whose gradients differ by orders of magnitude without seeing their scale."""
 
-    eps = 1e-12  # well below any gradient's RMS in float32: only a coordinate whose gradient was always 0 meets it
-
     def __init__(self, momenta, rms_decay: float):
         self.momenta, self.rms_decay = tuple(float(b) for b in momenta), float(rms_decay)
 
@@ -46,20 +44,22 @@ class Moments:
     def __call__(self, g: torch.Tensor, state: dict):
         """Features [1 + len(momenta), rows] of the gradient g [rows], and the new state."""
         t = state["t"] + 1
-        b = torch.tensor(self.momenta, device=g.device, dtype=g.dtype).unsqueeze(1)
-        m = b * state["m"] + (1 - b) * g
+        m = [b * old + (1 - b) * g for b, old in zip(self.momenta, state["m"], strict=True)]
         v = self.rms_decay * state["v"] + (1 - self.rms_decay) * g * g
-        rms = (v / (1 - self.rms_decay ** t)).sqrt() + self.eps
-        x = torch.cat([(g / rms).unsqueeze(0), m / (1 - b ** t) / rms], 0)
-        return x, {"m": m, "v": v, "t": t}
+        # the dtype's smallest normal number under the root: a coordinate whose gradient was always 0 gets inputs 0,
+        # and the root's derivative stays finite (second derivatives) where its square root would be 0/0
+        rms = (v / (1 - self.rms_decay ** t) + torch.finfo(g.dtype).tiny).sqrt()
+        x = torch.stack([g / rms] + [mb / (1 - b ** t) / rms for b, mb in zip(self.momenta, m, strict=True)])
+        return x, {"m": torch.stack(m) if m else state["m"], "v": v, "t": t}
 
 
 class ProblemInputs:
     """Inputs from a problem's whole gradient g and the rule's last update u (in read-out units), where a
-    coordinatewise rule sees one coordinate: three shared by all its coordinates, log(|g| / |g_prev|),
-    cos(g, g_prev) and the secant step s = -(u . g) / (u . (g - g_prev)), how many more of the last step an exact line
-    search along it would take on a quadratic (conjugate gradients' step length); and two per coordinate, u_i and
-    s u_i. What curvature-aware methods build on; none changes when the loss is scaled."""
+    coordinatewise rule sees one coordinate. Three are shared by all its coordinates: log(|g| / |g_prev|),
+    cos(g, g_prev) and the secant step s = -(u . g) / (u . (g - g_prev)), how many more of the last step an exact
+    line search along it would take on a quadratic (conjugate gradients' step length). Two are per coordinate: u_i
+    and s u_i. A rule with several networks computes them over each network's share of the problem (MNIST's
+    hidden-layer and output-layer parameters apart). The three shared ones do not change when the loss is scaled."""
 
     count = 5
 
@@ -69,16 +69,21 @@ class ProblemInputs:
     def __call__(self, g: torch.Tensor, state: dict) -> torch.Tensor:
         """Features [5, N * n] of gradients g [N, n] (a problem's shared values repeated over its coordinates)."""
         prev, u = state["g"], state["u"]
-        norm, prev_norm = g.norm(dim=1), prev.norm(dim=1)
-        seen = prev_norm > 0  # the first step has no previous gradient: its features are 0
-        ratio = torch.where(seen, (norm.clamp_min(1e-30) / prev_norm.clamp_min(1e-30)).log().clamp(-5, 5), 0.0)
-        cos = torch.where(seen, (g * prev).sum(1) / (norm * prev_norm).clamp_min(1e-30), 0.0)
+        tiny = torch.finfo(g.dtype).tiny
+        norm, prev_norm = g.norm(dim=1, keepdim=True), prev.norm(dim=1, keepdim=True)
+        seen = prev_norm[:, 0] > 0  # the first step has no previous gradient: its features are 0
+        ratio = torch.where(seen, (norm.clamp_min(tiny).log() - prev_norm.clamp_min(tiny).log())[:, 0], 0.0)
+        # unit vectors first: a product of two norms can overflow or underflow where each alone does not
+        cos = ((g / norm.clamp_min(tiny)) * (prev / prev_norm.clamp_min(tiny))).sum(1).clamp(-1, 1)
         curve = (u * (g - prev)).sum(1)
         # a flat or non-convex direction (u . dg <= 0) has no line-search minimum: 0, and the clamp bounds the rest
-        s = torch.where(curve > 0, -(u * g).sum(1) / curve.clamp_min(1e-30), 0.0).clamp(-5, 5)
-        shared = torch.stack([ratio, cos, s]).unsqueeze(2).expand(-1, -1, g.shape[1])
+        convex = curve > 0
+        s = torch.where(convex, -(u * g).sum(1) / torch.where(convex, curve, 1.0), 0.0)
+        s = s.clamp(-5, 5)
+        shared = torch.stack([ratio.clamp(-5, 5), cos, s]).unsqueeze(2).expand(-1, -1, g.shape[1])
         return torch.cat([shared, torch.stack([u, s.unsqueeze(1) * u])], 0).reshape(self.count, -1)
 
     @staticmethod
-    def update(g: torch.Tensor, u: torch.Tensor) -> dict:
+    def next_state(g: torch.Tensor, u: torch.Tensor) -> dict:
+        """What the next step's inputs need: this gradient and the update just made."""
         return {"g": g, "u": u.detach()}
