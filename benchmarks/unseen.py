@@ -68,7 +68,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--test-seeds", type=int, default=32)
     ap.add_argument("--lrs", type=int, default=13, help="log-spaced learning rates from 1e-3 to 10")
     args = ap.parse_args(argv)
-    torch.set_num_threads(1)
 
     splits, info = load_dataset(args.dataset, args.root)
     images, labels = splits["train"].images, splits["train"].labels
@@ -90,11 +89,13 @@ def main(argv=None) -> dict:
     finals["learned"] = [train(lambda net: TorchOptimizer.from_checkpoint(args.checkpoint, net), s, data, args)
                          for s in test]
 
+    blown = {name: sum(not np.isfinite(x) for x in f) for name, f in finals.items()}
     print(f"{args.dataset} ({info['source']}): {args.layers} x {args.hidden} {args.activation} MLP, {args.steps} steps,"
           f" minibatch {args.minibatch}; baselines tuned on {args.tune_seeds} seeds, {args.test_seeds} test seeds")
     for name, f in finals.items():
         lr = f"lr {best[name]:.3g}" if name in best else args.checkpoint
-        print(f"  {name:<8} mean final loss {np.mean(f):.4f}  ({lr})")
+        blew = f", {blown[name]} of {len(f)} blew up" if blown[name] else ""
+        print(f"  {name:<8} mean final loss {np.mean(f):.4f}  ({lr}){blew}")
     top = min(BASELINES, key=lambda n: np.mean(finals[n]))
     ratio, low, high = bootstrap_ratio(finals["learned"], finals[top])
     print(f"learned / best tuned ({top}): {ratio:.3f} [{low:.3f}, {high:.3f}]  ({time.perf_counter() - start:.0f} s)")
@@ -102,4 +103,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    torch.set_num_threads(1)  # one thread, as the MLP steps are small; a caller's process keeps its own setting
     main()

@@ -41,14 +41,26 @@ def test_the_shipped_mnist_rule_trains_an_mlp_it_never_saw():
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:5]) / 5  # from ~2.3 (chance): it learns
 
 
-def test_the_unseen_data_benchmark_tunes_baselines_on_other_seeds_and_compares(capsys):
+def test_the_unseen_data_benchmark_tunes_baselines_on_other_seeds_and_compares(capsys, tmp_path, monkeypatch):
     """benchmarks/unseen.py: baselines take the best grid learning rate on tuning seeds; the learned rule and
-    the tuned baselines run on the test seeds; the ratio is the learned mean over the best baseline's."""
+    the tuned baselines run on the test seeds, never a tuning one; the ratio is the learned mean over the best
+    baseline's."""
     spec = importlib.util.spec_from_file_location("unseen", ROOT / "benchmarks" / "unseen.py")
     unseen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(unseen)
+    seeds, train = [], unseen.train
+
+    def recorded(make_opt, seed, data, args):
+        seeds.append((make_opt, seed))
+        return train(make_opt, seed, data, args)
+
+    monkeypatch.setattr(unseen, "train", recorded)
     out = unseen.main(["--checkpoint", str(ROOT / "l2lcli" / "pretrained" / "mnist.pt"), "--dataset", "mnist",
-                       "--steps", "4", "--lrs", "3", "--tune-seeds", "1", "--test-seeds", "3"])
+                       "--root", str(tmp_path), "--steps", "4", "--lrs", "3", "--tune-seeds", "2",
+                       "--test-seeds", "3"])
+    tuning, testing = {s for _, s in seeds[: 4 * 3 * 2]}, {s for _, s in seeds[4 * 3 * 2 :]}
+    assert len(tuning) == 2 and testing == {0, 1, 2} and not tuning & testing
+    assert len(seeds) == 4 * 3 * 2 + 5 * 3  # 4 baselines x 3 lrs x 2 tuning seeds; 5 optimizers x 3 test seeds
     best = out["best"]
     assert set(out["finals"]) == {"sgd", "nag", "rmsprop", "adam", "learned"}
     assert all(len(f) == 3 for f in out["finals"].values())
