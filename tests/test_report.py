@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from l2lcli.cli import app
 from l2lcli.commands import experiment
-from l2lcli.report.build import run, verdict
+from l2lcli.report.build import latest, run, verdict
 from l2lcli.report.claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
 from tests.test_cli import one_line_error
 
@@ -47,6 +47,17 @@ def test_runs_are_matched_to_the_claims_they_speak_to():
     assert generalize_claims("figure6", {"layers": 2, "hidden": 80}) == ["fig6"]
     assert generalize_claims("figure8", {"style": "/my/painting.png"}) == ["fig8-style"]
     assert len({c.id for c in CLAIMS}) == len(CLAIMS) == 19
+
+
+def test_the_latest_run_is_the_newest_folder_name_whatever_output_folder_holds_it():
+    """Run folders are <date>-<time>-<optimizer>: a newer run in outputs/a beats an older one in outputs/z."""
+    rows = pd.DataFrame([{"claim": "fig2", "seed": 0, "variant": None, "steps": 100, "problems": 256, "eval_seed": 0,
+                          "ratio": r, "run_dir": d} for r, d in [
+                              (0.5, "outputs/z/evaluate/quadratic/20261127-223944-lstm"),
+                              (0.2, "outputs/a/evaluate/quadratic/20261128-073017-lstm"),
+                              (0.9, "outputs/a/evaluate/quadratic/20261126-101010-lstm")]])
+    assert latest(rows)["ratio"].tolist() == [0.2]
+    assert len(latest(rows.assign(seed=[0, 1, 2]))) == 3  # one per seed
 
 
 def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):

@@ -128,11 +128,14 @@ def _command(run: Path) -> str:
 
 
 def latest(measured: pd.DataFrame) -> pd.DataFrame:
-    """The latest run of each claim, seed, variant and evaluation setting (run folders sort by time)."""
+    """The latest run of each claim, seed, variant and evaluation setting: run folders' names start with their time
+    (<date>-<time>-<optimizer>), whatever output folder holds them."""
     if measured.empty:
         return measured
     keys = ["claim", "seed", "variant", "steps", "problems", "eval_seed"]
-    return measured.sort_values("run_dir").groupby(keys, dropna=False, sort=False).tail(1)
+    when = measured["run_dir"].map(lambda r: Path(r).name)
+    return (measured.assign(_when=when).sort_values(["_when", "run_dir"]).groupby(keys, dropna=False, sort=False)
+            .tail(1).drop(columns="_when"))
 
 
 def verdict(claim_id: str, rows: pd.DataFrame, lstm: pd.DataFrame | None = None) -> str:
