@@ -83,9 +83,13 @@ def test_each_task_defaults_to_its_best_recipe_and_the_paper_is_one_override_awa
     # the command line wins over the recipe, and a task's grouping reaches every learned optimizer
     assert compose(["task=mnist", "train.meta_loss=sum"]).train.meta_loss == "sum"
     assert compose(["task=mnist", "optimizer=ntm_lbfgs"]).optimizer.groups == best.optimizer.groups
-    # quadratics: the best recipe measured is the paper's
+    assert best.optimizer.problem_inputs is True and paper.optimizer.problem_inputs is False
+    # quadratics: the best recipe measured is the paper's LSTM with each problem's inputs and more patience
     q_best, q_paper = compose([]), compose(["recipe=paper"])
-    assert {k: v for k, v in q_best.items() if k != "recipe"} == {k: v for k, v in q_paper.items() if k != "recipe"}
+    assert q_best.optimizer.problem_inputs is True and q_paper.optimizer.problem_inputs is False
+    assert (q_best.train.patience, q_paper.train.patience) == (20, 10)
+    same = {k: v for k, v in q_best.items() if k not in ("recipe", "task", "optimizer", "train")}
+    assert same == {k: v for k, v in q_paper.items() if k not in ("recipe", "task", "optimizer", "train")}
 
 
 def test_the_smoke_recipe_is_tiny_on_every_task():
