@@ -217,6 +217,7 @@ def test_the_default_is_the_papers_protocol():
     assert [dict(v) for v in cfg.generalize.figure8] == [{"size": 64}, {"size": 128}, {"style": "brick"}]
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it under 5 minutes (`make test-slow`)
 def test_a_checkpoint_trained_with_an_odd_style_path_evaluates(make_cfg, tmp_path):
     """Saved task keys come back as Hydra overrides: a path with a space, an accent, a tilde and a quote too."""
     style = tmp_path / "my style é~'s.png"

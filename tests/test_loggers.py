@@ -213,6 +213,7 @@ def test_a_logger_that_fails_mid_run_costs_nothing_and_the_folder_can_be_sent_ag
     assert "tensorboard" in json.loads((run / "loggers.json").read_text())  # the other logger's entry is kept
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it under 5 minutes (`make test-slow`)
 def test_a_resumed_run_goes_on_in_the_same_mlflow_run_and_event_files(make_cfg, monkeypatch):
     real, calls = train.validate, []
 

@@ -35,6 +35,7 @@ def test_a_job_per_combination_with_an_index_of_each_jobs_run_and_figures(tmp_pa
     assert all(Path(d).parent == tmp_path / "out" / "meta-train" / "quadratic" for d in index["run_dir"])
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it under 5 minutes (`make test-slow`)
 def test_a_rerun_skips_the_jobs_that_finished(tmp_path):
     first = launch(tmp_path, "seed=0,1")
     folder = Path(first["dir"])
@@ -111,6 +112,7 @@ def test_a_multirun_is_one_mlflow_parent_run_with_a_child_per_job(tmp_path):
     assert "index.csv" in {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
+@pytest.mark.slow  # moved out of the default suite to keep it under 5 minutes (`make test-slow`)
 def test_the_cli_multirun_prints_the_index_and_a_sweep_without_m_is_refused(tmp_path):
     res = l2l("meta-train", "-m", "seed=0,1", out=tmp_path / "out")
     assert res.exit_code == 0, res.output
