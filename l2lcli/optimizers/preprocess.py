@@ -78,8 +78,7 @@ class ProblemInputs:
         curve = (u * (g - prev)).sum(1)
         # a flat or non-convex direction (u . dg <= 0) has no line-search minimum: 0, and the clamp bounds the rest
         convex = curve > 0
-        s = torch.where(convex, -(u * g).sum(1) / torch.where(convex, curve, 1.0), 0.0)
-        s = s.clamp(-5, 5)
+        s = torch.where(convex, -(u * g).sum(1) / torch.where(convex, curve, 1.0), 0.0).clamp(-5, 5)
         shared = torch.stack([ratio.clamp(-5, 5), cos, s]).unsqueeze(2).expand(-1, -1, g.shape[1])
         return torch.cat([shared, torch.stack([u, s.unsqueeze(1) * u])], 0).reshape(self.count, -1)
 
