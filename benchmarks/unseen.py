@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from l2lcli.data.datasets import load_dataset
+from l2lcli.data.datasets import DATASETS, load_dataset
 from l2lcli.optimizers.torch_optim import TorchOptimizer
 from l2lcli.stats import bootstrap_ratio
 
@@ -57,7 +57,7 @@ def train(make_opt, seed: int, data, args) -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", required=True, help="a meta-train run folder or .pt (e.g. of task=mnist)")
-    ap.add_argument("--dataset", default="fashion_mnist", choices=["mnist", "fashion_mnist", "cifar10"])
+    ap.add_argument("--dataset", default="fashion_mnist", choices=DATASETS)
     ap.add_argument("--root", default="data")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--hidden", type=int, default=20)
