@@ -63,6 +63,8 @@ def test_conf_ships_inside_the_wheel(tmp_path):
     for f in ("l2lcli/conf/config.yaml", "l2lcli/conf/task/quadratic.yaml", "l2lcli/conf/optimizer/lstm.yaml",
               "l2lcli/conf/device/cpu.yaml", "l2lcli/pretrained/quadratic.pt", "l2lcli/pretrained/quadratic.json"):
         assert f in names  # the configs, and the shipped rules with their cards
+    packages = {p.relative_to(root).as_posix() for p in (root / "l2lcli").rglob("__init__.py")}
+    assert packages <= set(names), packages - set(names)  # every subpackage (setup.cfg lists them by hand)
     # and composing from the installed wheel alone works
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
