@@ -42,7 +42,7 @@ smoke: install
 	  $$l2l evaluate --checkpoint $$run --baselines $$sweep out_dir=out logger=many; \
 	done; \
 	$$l2l pretrained; $$l2l evaluate --pretrained quadratic recipe=smoke out_dir=out; \
-	$$l2l report out --out out/report.md; \
+	$$l2l report out --out out/report.md --html; \
 	echo "smoke: meta-train, evaluate, sweep-baselines, evaluate --baselines passed on $(TASKS); pretrained, report (runs in $$dir)"
 
 run: install
@@ -70,7 +70,7 @@ SEEDS       ?= 0 1
 REPORT_RUNS ?= outputs/report
 last = $$(ls -td $(REPORT_RUNS)/$(1)/* | head -1)
 report: install
-	$(L2L) report $(REPORT_RUNS) --out docs/report.md --readme README.md
+	$(L2L) report $(REPORT_RUNS) --out docs/report.md --readme README.md --html
 report-runs: install
 	@set -e; l2l=$(abspath $(L2L)); o=out_dir=$(REPORT_RUNS); for s in $(SEEDS); do \
 	  $$l2l experiment task=quadratic seed=$$s $$o; q=$(call last,meta-train/quadratic); \
@@ -87,7 +87,7 @@ report-runs: install
 	  $$l2l generalize --checkpoint $$c --sub $(call last,meta-train/cifar) generalize.figure=figure7 $$o; \
 	  $$l2l experiment task=art seed=$$s $$o; \
 	  $$l2l generalize --checkpoint $(call last,meta-train/art) generalize.figure=figure8 $$o; \
-	done; $$l2l report $(REPORT_RUNS) --out docs/report.md --readme README.md
+	done; $$l2l report $(REPORT_RUNS) --out docs/report.md --readme README.md --html
 
 bench: install
 	$(PY) benchmarks/bench.py

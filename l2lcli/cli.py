@@ -250,17 +250,19 @@ REPORT_RUNS = typer.Argument(None, help="Run folders or folders holding them (de
 def report(runs: list[str] | None = REPORT_RUNS,
            to: str = typer.Option("docs/report.md", "--out", help="The Markdown file (figures beside it)."),
            readme: str | None = typer.Option(None, help="Also put the verdict table into this file (README.md), "
-                                             "between its '<!-- l2l report: begin -->' and '... end -->' lines.")):
+                                             "between its '<!-- l2l report: begin -->' and '... end -->' lines."),
+           html: bool = typer.Option(False, "--html", help="Also write the report as an HTML page beside the "
+                                     "Markdown (same name, .html).")):
     from .report.build import run as build_report
 
     try:
-        r = build_report(list(runs or ["outputs"]), to, readme)
+        r = build_report(list(runs or ["outputs"]), to, readme, html)
     except L2LError as e:
         _fail(e)
     t = r["table"]
     _table(t[["claim", "figure", "seeds", "ratio_min", "ratio_max", "verdict"]],
            f"{r['measured']} of {r['claims']} claims measured, from {r['runs']} runs")
-    out.print(f"report -> {r['out']}")
+    out.print(f"report -> {r['out']}" + (f", {r['html']}" if r["html"] else ""))
 
 
 @data_app.command("download", context_settings=EXTRA,

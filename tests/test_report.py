@@ -1,6 +1,7 @@
 """`l2l report`: claims matched to run folders, verdicts with known answers, the Markdown and its figures."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -87,8 +88,13 @@ def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
     assert r["table"].set_index("claim").loc["fig2", "seeds"] == 1 and len(r["skipped"]) == 1
     assert "## Runs left out" in out.read_text()
 
-    res = CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.md")])
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.md"), "--html"])
     assert res.exit_code == 0 and "1 of 19 claims measured" in res.output
+    page = (tmp_path / "r.html").read_text()  # the same report as a page: its tables and figures, not raw Markdown
+    tables = re.findall(r"^\|(?:-+\|)+$", (tmp_path / "r.md").read_text(), re.M)  # a separator line per table
+    assert page.count("<table>") == len(tables) > 1
+    img = re.search(r'<img alt="[^"]*" src="([^"]+)"', page)
+    assert img and (tmp_path / img.group(1)).is_file() and "| claim |" not in page
     readme = tmp_path / "README.md"  # the README's results table comes from the report, between two markers
     readme.write_text("# x\n\nbefore\n<!-- l2l report: begin -->\nold table\n<!-- l2l report: end -->\nafter\n")
     for _ in range(2):

@@ -182,9 +182,9 @@ def summarise(measured: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def run(paths: list[str], out: str, readme: str | None = None) -> dict:
+def run(paths: list[str], out: str, readme: str | None = None, html: bool = False) -> dict:
     """Build the report from the runs under `paths` into `out` (Markdown) and its figures folder; with `readme`,
-    put its verdict table between that file's markers too."""
+    put its verdict table between that file's markers too; with `html`, the same report as an HTML page beside it."""
     missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise L2LError(f"no such run folder: {', '.join(missing)}: pass run folders or an outputs folder")
@@ -199,11 +199,27 @@ def run(paths: list[str], out: str, readme: str | None = None) -> dict:
     if skipped:
         text += "\n## Runs left out\n\n" + "\n".join(f"- {s}" for s in skipped) + "\n"
     write_text(out, text)
+    if html:
+        write_text(out.with_suffix(".html"), html_page(text))
     if readme:
         into_readme(Path(readme), table, paths, out)
-    return {"command": "report", "out": str(out), "claims": len(table), "table": table,
+    return {"command": "report", "out": str(out), "html": str(out.with_suffix(".html")) if html else None,
+            "claims": len(table), "table": table,
             "measured": int((table["measurements"] > 0).sum()), "runs": int(measured["run_dir"].nunique()),
             "skipped": skipped}
+
+
+STYLE = ("body{font-family:sans-serif;max-width:80em;margin:auto;padding:1em}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:90%}img{max-width:48em}pre{background:#f4f4f4}")
+
+
+def html_page(text: str) -> str:
+    """The Markdown report as one HTML page; its figures keep their relative paths, so it sits beside the .md."""
+    import markdown as md  # Python-Markdown: tables and code blocks as the .md renders them on GitHub
+
+    body = md.markdown(text, extensions=["tables", "fenced_code"])
+    return (f"<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Reproduction report</title>"
+            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
 
 
 def _fmt(x) -> str:
