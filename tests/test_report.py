@@ -1,6 +1,7 @@
 """`l2l report`: claims matched to run folders, verdicts with known answers, the Markdown and its figures."""
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from l2lcli.cli import app
 from l2lcli.commands import experiment
-from l2lcli.report.build import latest, run, verdict
+from l2lcli.report.build import against_lstm, latest, run, verdict
 from l2lcli.report.claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
 from tests.test_cli import one_line_error
 
@@ -30,10 +31,29 @@ def test_verdicts_have_known_answers():
     assert verdict("fig2", rows(0.5, 0.97, width=0.1)) == "within noise (an interval reaches 1)"
     assert verdict("fig5-relu", rows(1.5, 1.04, width=0.1)) == "within noise (an interval reaches 1)"
     assert verdict("fig5-relu", rows(1.5, 1.2)) == "reproduced"  # the paper says the LSTM fails on ReLU nets
-    lstm = rows(0.5, 0.6)
-    assert verdict("appD-gac", rows(0.4, 0.55), lstm) == "reproduced"  # each seed against its own plain LSTM
-    assert verdict("appD-gac", rows(0.4, 0.65), lstm) == "mixed over seeds"
-    assert verdict("appD-gac", rows(0.4, 0.55, problems=8), lstm).startswith("not yet run")  # other problems
+    def vs_lstm(*r, width=0.05):  # Appendix D: judged on the ratio to the plain LSTM and its paired interval
+        return rows(*r).assign(vs_lstm=list(r), vs_lstm_low=[x - width for x in r], vs_lstm_high=[x + width for x in r])
+    assert verdict("appD-gac", vs_lstm(0.8, 0.9)) == "reproduced"
+    assert verdict("appD-gac", vs_lstm(0.8, 1.1)) == "mixed over seeds"
+    assert verdict("appD-gac", vs_lstm(0.8, 0.97, width=0.1)) == "within noise (an interval reaches 1)"
+    assert verdict("appD-gac", vs_lstm(0.8, 0.9).assign(vs_lstm=float("nan"))).startswith("not yet run")
+
+
+def test_appendix_d_is_paired_with_the_plain_lstm_of_its_seed_on_the_same_problems(tmp_path):
+    lstm = [1.0, 2.0, 3.0, 4.0]
+    for name, finals in [("lstm", lstm), ("gac", [0.5 * x for x in lstm]), ("ntm", [2.0, 1.0, 1.0, 1.0])]:
+        (tmp_path / name).mkdir()
+        pd.DataFrame({"row": [0] * 4 + [1] * 4, "optimizer": [name] * 4 + ["adam"] * 4, "problem": [*range(4)] * 2,
+                      "final_loss": finals + [9.0] * 4}).to_csv(tmp_path / name / "finals.csv", index=False)
+    kept = pd.DataFrame([{"claim": c, "seed": seed, "eval_seed": 0, "problems": 4, "steps": 100, "ratio": 0.1,
+                          "run_dir": str(tmp_path / d)} for c, seed, d in [
+                              ("fig2", 0, "lstm"), ("appD-gac", 0, "gac"), ("appD-ntm", 0, "ntm"),
+                              ("appD-gac", 1, "gac")]])  # seed 1 has no plain LSTM
+    out = against_lstm(kept).set_index(["claim", "seed"])
+    assert out.loc[("appD-gac", 0), ["vs_lstm", "vs_lstm_low", "vs_lstm_high"]].tolist() == [0.5, 0.5, 0.5]
+    assert out.loc[("appD-ntm", 0), "vs_lstm"] == 0.5 and out.loc[("appD-ntm", 0), "vs_lstm_high"] > 1
+    assert math.isnan(out.loc[("appD-gac", 1), "vs_lstm"]) and out.loc[("appD-gac", 0), "lstm_run"].endswith("lstm")
+    assert verdict("appD-ntm", out.loc[["appD-ntm"]].reset_index()).startswith("within noise")
 
 
 def test_runs_are_matched_to_the_claims_they_speak_to():
