@@ -1,3 +1,4 @@
+import configparser
 import subprocess
 import sys
 import zipfile
@@ -63,8 +64,13 @@ def test_conf_ships_inside_the_wheel(tmp_path):
     for f in ("l2lcli/conf/config.yaml", "l2lcli/conf/task/quadratic.yaml", "l2lcli/conf/optimizer/lstm.yaml",
               "l2lcli/conf/device/cpu.yaml", "l2lcli/pretrained/quadratic.pt", "l2lcli/pretrained/quadratic.json"):
         assert f in names  # the configs, and the shipped rules with their cards
-    packages = {p.relative_to(root).as_posix() for p in (root / "l2lcli").rglob("__init__.py")}
-    assert packages <= set(names), packages - set(names)  # every subpackage (setup.cfg lists them by hand)
+    # every subpackage ships: setup.cfg lists them by hand (checked on the list too, since a stale build/lib can
+    # carry a package into the wheel that the list lacks)
+    packages = {p.parent.relative_to(root).as_posix().replace("/", ".") for p in (root / "l2lcli").rglob("__init__.py")}
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    assert packages <= set(cfg["options"]["packages"].split()), packages - set(cfg["options"]["packages"].split())
+    assert {f"{p.replace('.', '/')}/__init__.py" for p in packages} <= set(names)
     # and composing from the installed wheel alone works
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

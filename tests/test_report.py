@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from l2lcli.cli import app
 from l2lcli.commands import experiment
+from l2lcli.config import compose
 from l2lcli.report.build import against_lstm, latest, run, verdict
 from l2lcli.report.claims import BY_ID, CLAIMS, evaluate_claim, generalize_claims
 from tests.test_cli import one_line_error
@@ -41,19 +43,24 @@ def test_verdicts_have_known_answers():
 
 def test_appendix_d_is_paired_with_the_plain_lstm_of_its_seed_on_the_same_problems(tmp_path):
     lstm = [1.0, 2.0, 3.0, 4.0]
-    for name, finals in [("lstm", lstm), ("gac", [0.5 * x for x in lstm]), ("ntm", [2.0, 1.0, 1.0, 1.0])]:
+    runs = [("lstm", 0, lstm, 0), ("gac", 0, [0.5 * x for x in lstm], 0), ("ntm", 0, [2.0, 1.0, 1.0, 1.0], 0),
+            ("gac1", 1, [0.5 * x for x in lstm], 0), ("lstm1", 1, [9.0] * 4, 7)]  # seed 1: its LSTM on other problems
+    for name, seed, finals, eval_seed in runs:
         (tmp_path / name).mkdir()
-        pd.DataFrame({"row": [0] * 4 + [1] * 4, "optimizer": [name] * 4 + ["adam"] * 4, "problem": [*range(4)] * 2,
-                      "final_loss": finals + [9.0] * 4}).to_csv(tmp_path / name / "finals.csv", index=False)
-    kept = pd.DataFrame([{"claim": c, "seed": seed, "eval_seed": 0, "problems": 4, "steps": 100, "ratio": 0.1,
-                          "run_dir": str(tmp_path / d)} for c, seed, d in [
-                              ("fig2", 0, "lstm"), ("appD-gac", 0, "gac"), ("appD-ntm", 0, "ntm"),
-                              ("appD-gac", 1, "gac")]])  # seed 1 has no plain LSTM
+        OmegaConf.save(compose([f"seed={seed}", f"eval.seed={eval_seed}", "eval.problems=4"]),
+                       tmp_path / name / "config.yaml")
+        (pd.DataFrame({"row": [0] * 4 + [1] * 4, "optimizer": [name] * 4 + ["adam"] * 4, "problem": [*range(4)] * 2,
+                       "final_loss": finals + [9.0] * 4})
+         .sample(frac=1, random_state=0).to_csv(tmp_path / name / "finals.csv", index=False))  # any row order
+    claims = {"lstm": "fig2", "lstm1": "fig2", "gac": "appD-gac", "gac1": "appD-gac", "ntm": "appD-ntm"}
+    kept = pd.DataFrame([{"claim": claims[name], "seed": seed, "eval_seed": eval_seed, "problems": 4, "steps": 100,
+                          "ratio": 0.1, "run_dir": str(tmp_path / name)} for name, seed, _, eval_seed in runs])
     out = against_lstm(kept).set_index(["claim", "seed"])
     assert out.loc[("appD-gac", 0), ["vs_lstm", "vs_lstm_low", "vs_lstm_high"]].tolist() == [0.5, 0.5, 0.5]
     assert out.loc[("appD-ntm", 0), "vs_lstm"] == 0.5 and out.loc[("appD-ntm", 0), "vs_lstm_high"] > 1
     assert math.isnan(out.loc[("appD-gac", 1), "vs_lstm"]) and out.loc[("appD-gac", 0), "lstm_run"].endswith("lstm")
     assert verdict("appD-ntm", out.loc[["appD-ntm"]].reset_index()).startswith("within noise")
+    assert verdict("appD-gac", out.loc[["appD-gac"]].reset_index()) == "reproduced (one seed; the report asks two)"
 
 
 def test_runs_are_matched_to_the_claims_they_speak_to():
@@ -113,6 +120,8 @@ def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
     page = (tmp_path / "r.html").read_text()  # the same report as a page: its tables and figures, not raw Markdown
     tables = re.findall(r"^\|(?:-+\|)+$", (tmp_path / "r.md").read_text(), re.M)  # a separator line per table
     assert page.count("<table>") == len(tables) > 1
+    one_line_error(CliRunner().invoke(app, ["report", str(tmp_path / "outputs"), "--out", str(tmp_path / "r.html"),
+                                            "--html"]), "would be overwritten by the HTML page")
     img = re.search(r'<img alt="[^"]*" src="([^"]+)"', page)
     assert img and (tmp_path / img.group(1)).is_file() and "| claim |" not in page
     readme = tmp_path / "README.md"  # the README's results table comes from the report, between two markers

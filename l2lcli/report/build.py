@@ -7,6 +7,7 @@ evaluation setting counts; the verdict needs every seed on the claimed side of 1
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -15,8 +16,11 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from ..commands.evaluate import mismatch, problem_key
 from ..errors import L2LError
 from ..runs import load_checkpoint, write_text
 from ..stats import bootstrap_ratio
@@ -41,7 +45,7 @@ def gather(paths: list[Path]) -> pd.DataFrame:
         cfg = OmegaConf.load(run / "config.yaml")
         checkpoint = _find(cfg.eval.checkpoint, run)
         if checkpoint is None:  # moved or deleted: the run cannot say which seed it measured
-            skipped.append(f"{run}: its checkpoint {cfg.eval.checkpoint} is gone")
+            skipped.append(f"`{run}`: its checkpoint `{cfg.eval.checkpoint}` is gone")
             continue
         trained = load_checkpoint(checkpoint)["config"]
         data = (s.get("data") or {}).get("source") or OmegaConf.select(cfg, "task.dataset", default="generated")
@@ -145,23 +149,31 @@ def learned_finals(run_dir: str) -> pd.Series:
     return finals[finals["row"] == 0].sort_values("problem")["final_loss"]
 
 
+def _problems(run_dir: str) -> dict:
+    return problem_key(OmegaConf.load(Path(run_dir) / "config.yaml"))
+
+
 def against_lstm(kept: pd.DataFrame) -> pd.DataFrame:
-    """Appendix D's rows with their ratio to the plain LSTM of the same seed on the same problems (`vs_lstm`), and
-    its paired bootstrap interval over those problems: the same function as every other interval."""
+    """Appendix D's rows with their ratio to the plain LSTM of the same seed on the very same problems (`vs_lstm`;
+    the runs' task, split, seed, count and steps compared as for a sweep), and its paired bootstrap interval over
+    those problems: the same function as every other interval. Rows with no such LSTM, or without per-problem
+    losses on either side, keep NaN."""
     kept = kept.assign(vs_lstm=math.nan, vs_lstm_low=math.nan, vs_lstm_high=math.nan, lstm_run="")
     if kept.empty:
         return kept
-    lstm = {(r.seed, r.eval_seed, r.problems, r.steps): r.run_dir for r in kept[kept["claim"] == "fig2"].itertuples()}
+    lstm = kept[kept["claim"] == "fig2"]
     for i, r in kept[kept["claim"].map(lambda c: BY_ID[c].expect == "beats lstm")].iterrows():
-        ref = lstm.get((r["seed"], r["eval_seed"], r["problems"], r["steps"]))
-        if ref is None:
-            continue
         try:
-            a, b = learned_finals(r["run_dir"]).to_numpy(), learned_finals(ref).to_numpy()
-            kept.loc[i, ["vs_lstm", "vs_lstm_low", "vs_lstm_high"]] = bootstrap_ratio(a, b)
-        except (OSError, KeyError, ValueError, pd.errors.ParserError):  # a run without per-problem losses
-            continue
-        kept.loc[i, "lstm_run"] = ref
+            here = _problems(r["run_dir"])
+            ref = next((d for d in lstm[lstm["seed"] == r["seed"]]["run_dir"]
+                        if mismatch(_problems(d), here) is None), None)
+            if ref is None:
+                continue
+            ratio = bootstrap_ratio(learned_finals(r["run_dir"]).to_numpy(), learned_finals(ref).to_numpy())
+        except (OSError, KeyError, ValueError, pd.errors.ParserError, yaml.YAMLError, OmegaConfBaseException):
+            continue  # an unreadable run, or one from before per-problem losses were saved
+        if math.isfinite(ratio[0]):
+            kept.loc[i, ["vs_lstm", "vs_lstm_low", "vs_lstm_high", "lstm_run"]] = [*ratio, ref]
     return kept
 
 
@@ -174,7 +186,7 @@ def verdict(claim_id: str, rows: pd.DataFrame) -> str:
     if expect == "beats lstm":  # against the plain LSTM of the same seed on the same problems
         rows = rows.dropna(subset=["vs_lstm"])
         if rows.empty:
-            return "not yet run (no plain LSTM of the same seed on the same problems)"
+            return "not yet run (no plain LSTM of the same seed on the same problems, with per-problem losses)"
         holds = [r < 1 for r in rows["vs_lstm"]]
         clear = [h if pd.isna(f) else f < 1 for f, h in zip(rows["vs_lstm_high"], holds, strict=True)]
     else:
@@ -196,7 +208,8 @@ def summarise(kept: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for c in CLAIMS:
         mine = kept[kept["claim"] == c.id]
-        ratios = mine["ratio"].tolist() if not mine.empty else []
+        # Appendix D's claims are about the plain LSTM: their spread is of the ratio to it
+        ratios = mine["vs_lstm" if c.expect == "beats lstm" else "ratio"].dropna().tolist()
         rows.append({"claim": c.id, "figure": c.figure, "statement": c.statement,
                      "seeds": int(mine["seed"].nunique()) if not mine.empty else 0,
                      "measurements": len(mine), "ratio_min": min(ratios) if ratios else math.nan,
@@ -213,6 +226,10 @@ def run(paths: list[str], out: str, readme: str | None = None, html: bool = Fals
         raise L2LError(f"no such run folder: {', '.join(missing)}: pass run folders or an outputs folder")
     if readme:
         _markers(Path(readme))  # before any work
+    if html and Path(out).suffix == ".html":
+        raise L2LError(f"--out '{out}' would be overwritten by the HTML page: give the Markdown file (.md) to --out")
+    if html and importlib.util.find_spec("markdown") is None:
+        raise L2LError("--html needs Python-Markdown: pip install markdown (or make install)")
     measured = gather([Path(p) for p in paths])
     kept = against_lstm(latest(measured))
     table = summarise(kept)
@@ -289,7 +306,8 @@ def markdown(table: pd.DataFrame, kept: pd.DataFrame, figures: Path, root: Path,
     lines = ["# Reproduction report", "",
              f"Generated by `l2l report {' '.join(paths)}` from the run folders alone. Each ratio is the learned "
              "optimizer's mean final loss on fresh test problems over the best baseline's (SGD, RMSprop, ADAM, NAG, "
-             "learning rates swept on those same problems), with a 95% paired bootstrap interval over the problems; "
+             "learning rates swept on those same problems; Appendix D's: over the plain LSTM's of the same seed on "
+             "the same problems), with a 95% paired bootstrap interval over the problems; "
              f"checkpoints were chosen on validation problems. A claim is reproduced when every meta-training seed "
              f"measured lands on the claimed side, with {MIN_SEEDS} seeds or more.", "",
              *verdict_table(table)]
