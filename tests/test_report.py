@@ -41,24 +41,33 @@ def test_verdicts_have_known_answers():
     assert verdict("appD-gac", vs_lstm(0.8, 0.9).assign(vs_lstm=float("nan"))).startswith("not yet run")
 
 
-def test_appendix_d_is_paired_with_the_plain_lstm_of_its_seed_on_the_same_problems(tmp_path):
+def test_appendix_d_is_paired_with_the_plain_lstm_of_its_seed_and_inputs_on_the_same_problems(tmp_path):
     lstm = [1.0, 2.0, 3.0, 4.0]
-    runs = [("lstm", 0, lstm, 0), ("gac", 0, [0.5 * x for x in lstm], 0), ("ntm", 0, [2.0, 1.0, 1.0, 1.0], 0),
-            ("gac1", 1, [0.5 * x for x in lstm], 0), ("lstm1", 1, [9.0] * 4, 7)]  # seed 1: its LSTM on other problems
-    for name, seed, finals, eval_seed in runs:
+    runs = [("lstm", 0, lstm, 0, []),  # the default recipe's LSTM (problem inputs), and the paper's (none)
+            ("paper", 0, [2.0 * x for x in lstm], 0, ["recipe=paper"]),
+            ("gac", 0, [0.5 * x for x in lstm], 0, ["optimizer=lstm_gac"]),
+            ("ntm", 0, [4.0, 2.0, 2.0, 2.0], 0, ["optimizer=ntm_bfgs"]),  # no problem inputs: meets the paper's
+            ("gac1", 1, [0.5 * x for x in lstm], 0, ["optimizer=lstm_gac"]),
+            ("lstm1", 1, [9.0] * 4, 7, [])]  # seed 1: its LSTM on other problems
+    for name, seed, finals, eval_seed, overrides in runs:
         (tmp_path / name).mkdir()
-        OmegaConf.save(compose([f"seed={seed}", f"eval.seed={eval_seed}", "eval.problems=4"]),
+        OmegaConf.save(compose([f"seed={seed}", f"eval.seed={eval_seed}", "eval.problems=4", *overrides]),
                        tmp_path / name / "config.yaml")
         (pd.DataFrame({"row": [0] * 4 + [1] * 4, "optimizer": [name] * 4 + ["adam"] * 4, "problem": [*range(4)] * 2,
                        "final_loss": finals + [9.0] * 4})
          .sample(frac=1, random_state=0).to_csv(tmp_path / name / "finals.csv", index=False))  # any row order
-    claims = {"lstm": "fig2", "lstm1": "fig2", "gac": "appD-gac", "gac1": "appD-gac", "ntm": "appD-ntm"}
-    kept = pd.DataFrame([{"claim": claims[name], "seed": seed, "eval_seed": eval_seed, "problems": 4, "steps": 100,
-                          "ratio": 0.1, "run_dir": str(tmp_path / name)} for name, seed, _, eval_seed in runs])
+    claims = {"lstm": "fig2", "paper": "fig2", "lstm1": "fig2", "gac": "appD-gac", "gac1": "appD-gac",
+              "ntm": "appD-ntm"}
+    kept = latest(pd.DataFrame([{"claim": claims[name], "seed": seed, "recipe": "paper" if name == "paper" else "best",
+                                 "variant": "", "eval_seed": eval_seed, "problems": 4, "steps": 100, "ratio": 0.1,
+                                 "run_dir": str(tmp_path / name)} for name, seed, _, eval_seed, _ in runs]))
+    assert len(kept) == len(runs)  # both recipes' LSTMs stay
     out = against_lstm(kept).set_index(["claim", "seed"])
     assert out.loc[("appD-gac", 0), ["vs_lstm", "vs_lstm_low", "vs_lstm_high"]].tolist() == [0.5, 0.5, 0.5]
-    assert out.loc[("appD-ntm", 0), "vs_lstm"] == 0.5 and out.loc[("appD-ntm", 0), "vs_lstm_high"] > 1
-    assert math.isnan(out.loc[("appD-gac", 1), "vs_lstm"]) and out.loc[("appD-gac", 0), "lstm_run"].endswith("lstm")
+    assert out.loc[("appD-gac", 0), "lstm_run"].endswith("lstm")
+    assert out.loc[("appD-ntm", 0), "vs_lstm"] == 0.5 and out.loc[("appD-ntm", 0), "lstm_run"].endswith("paper")
+    assert out.loc[("appD-ntm", 0), "vs_lstm_high"] > 1
+    assert math.isnan(out.loc[("appD-gac", 1), "vs_lstm"])
     assert verdict("appD-ntm", out.loc[["appD-ntm"]].reset_index()).startswith("within noise")
     assert verdict("appD-gac", out.loc[["appD-gac"]].reset_index()) == "reproduced (one seed; the report asks two)"
 
@@ -79,8 +88,8 @@ def test_runs_are_matched_to_the_claims_they_speak_to():
 
 def test_the_latest_run_is_the_newest_folder_name_whatever_output_folder_holds_it():
     """Run folders are <date>-<time>-<optimizer>: a newer run in outputs/a beats an older one in outputs/z."""
-    rows = pd.DataFrame([{"claim": "fig2", "seed": 0, "variant": None, "steps": 100, "problems": 256, "eval_seed": 0,
-                          "ratio": r, "run_dir": d} for r, d in [
+    rows = pd.DataFrame([{"claim": "fig2", "seed": 0, "recipe": "best", "variant": None, "steps": 100, "problems": 256,
+                          "eval_seed": 0, "ratio": r, "run_dir": d} for r, d in [
                               (0.5, "outputs/z/evaluate/quadratic/20261127-223944-lstm"),
                               (0.2, "outputs/a/evaluate/quadratic/20261128-073017-lstm"),
                               (0.9, "outputs/a/evaluate/quadratic/20261126-101010-lstm")]])
