@@ -33,6 +33,9 @@ def test_verdicts_have_known_answers():
     assert verdict("fig2", rows(0.5, 0.97, width=0.1)) == "within noise (an interval reaches 1)"
     assert verdict("fig5-relu", rows(1.5, 1.04, width=0.1)) == "within noise (an interval reaches 1)"
     assert verdict("fig5-relu", rows(1.5, 1.2)) == "reproduced"  # the paper says the LSTM fails on ReLU nets
+    # Figure 6 claims every cell: a seed with one cell lost does not hold it, whatever its other cells
+    assert verdict("fig6", rows(0.5, 1.2, 0.5, 1.3, seeds=[0, 0, 1, 1])) == "not reproduced"
+    assert verdict("fig6", rows(0.5, 0.6, 0.5, 1.3, seeds=[0, 0, 1, 1])) == "mixed over seeds"
     def vs_lstm(*r, width=0.05):  # Appendix D: judged on the ratio to the plain LSTM and its paired interval
         return rows(*r).assign(vs_lstm=list(r), vs_lstm_low=[x - width for x in r], vs_lstm_high=[x + width for x in r])
     assert verdict("appD-gac", vs_lstm(0.8, 0.9)) == "reproduced"
@@ -115,8 +118,8 @@ def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
     assert f"| {expected} | 2 |" in text and "not yet run" in text  # the other claims are listed, not dropped
     for ratio in measured.values():
         assert f"| {ratio:.3f} |" in text
-    assert (out.parent / "report_figures" / "fig2-seed0-curves.png").is_file()
-    assert "](report_figures/fig2-seed0-curves.png)" in text
+    assert (out.parent / "report_figures" / "fig2-seed0-best-curves.png").is_file()
+    assert "](report_figures/fig2-seed0-best-curves.png)" in text
 
     # a run whose checkpoint is gone is left out, and said so
     shutil.rmtree(next((tmp_path / "outputs" / "meta-train" / "quadratic").iterdir()))
