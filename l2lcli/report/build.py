@@ -277,8 +277,8 @@ def _fmt(x) -> str:
 
 
 def verdict_table(table: pd.DataFrame) -> list[str]:
-    """The report's first table (Markdown lines): claim, paper, verdict, seeds, ratio range over seeds."""
-    lines = ["| claim | paper | verdict | seeds | ratio (min-max over seeds) |", "|---|---|---|---|---|"]
+    """The report's first table (Markdown lines): claim, paper, verdict, seeds, ratio range over seeds and recipes."""
+    lines = ["| claim | paper | verdict | seeds | ratio (min-max over seeds and recipes) |", "|---|---|---|---|---|"]
     for r in table.itertuples():
         span = "-" if not r.measurements else (_fmt(r.ratio_min) if r.ratio_min == r.ratio_max
                                                else f"{_fmt(r.ratio_min)}-{_fmt(r.ratio_max)}")
