@@ -1,8 +1,8 @@
 """`l2l report`: every claim of the paper with its measured verdict, from run folders alone.
 
 Each finished evaluate and generalize run on test problems gives measurements: (claim, meta-training seed, ratio to
-the best tuned baseline, its 95% bootstrap interval over the problems, ...). The latest run per claim, seed and
-evaluation setting counts; the verdict needs every seed on the claimed side of 1, and two seeds or more.
+the best tuned baseline, its 95% bootstrap interval over the problems, ...). The latest run per claim, seed, recipe
+and evaluation setting counts; the verdict needs every seed on the claimed side of 1, and two seeds or more.
 """
 
 from __future__ import annotations
@@ -172,8 +172,8 @@ def against_lstm(kept: pd.DataFrame) -> pd.DataFrame:
     for i, r in kept[kept["claim"].map(lambda c: BY_ID[c].expect == "beats lstm")].iterrows():
         try:
             problems, inputs = _problems(r["run_dir"])
-            ref = next((d for d in lstm[lstm["seed"] == r["seed"]]["run_dir"]
-                        if mismatch(_problems(d)[0], problems) is None and _problems(d)[1] == inputs), None)
+            candidates = ((d, *_problems(d)) for d in lstm[lstm["seed"] == r["seed"]]["run_dir"])
+            ref = next((d for d, p, i in candidates if i == inputs and mismatch(p, problems) is None), None)
             if ref is None:
                 continue
             ratio = bootstrap_ratio(learned_finals(r["run_dir"]).to_numpy(), learned_finals(ref).to_numpy())
