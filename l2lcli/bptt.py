@@ -40,13 +40,16 @@ def meta_loss_term(loss: torch.Tensor, kind: str, scale: torch.Tensor | float = 
     return loss.clamp_min(1e-30).log().mean()  # log_sum
 
 
-def validate(problems, optimizer, steps: int) -> float:
-    """Mean final loss of the frozen optimizer on the validation problems (inf if any diverged)."""
+def validate(batches, optimizer, steps: int) -> float:
+    """Mean final loss of the frozen optimizer on a batch of validation problems, or the geometric mean of that
+    over several `batches` (members of a task family, whose losses differ in scale); inf if any diverged."""
+    batches = batches if isinstance(batches, (list, tuple)) else [batches]
     optimizer.eval()
-    curve = rollout(problems, optimizer, steps).curve
+    finals = [rollout(problems, optimizer, steps).curve[-1].mean().item() for problems in batches]
     optimizer.train()
-    final = curve[-1].mean().item()
-    return final if math.isfinite(final) else math.inf
+    if not all(map(math.isfinite, finals)):
+        return math.inf
+    return finals[0] if len(finals) == 1 else math.exp(sum(math.log(max(f, 1e-30)) for f in finals) / len(finals))
 
 
 def traced_loss_and_grads(problems, params: dict, inputs: tuple, second_derivatives: bool = False):
@@ -90,7 +93,8 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
     rest of the trajectory, whose optimizee has blown up, is dropped). `step_loss` holds the running mean loss at
     each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories). With
     other processes (`world`), each meta-gradient is averaged over them before the step. A small trajectory of a
-    task whose loss is traceable runs each unroll as one compiled graph (`device.compile_unroll`).
+    task whose loss is traceable runs each unroll as one compiled graph (`device.compile_unroll`), unless it is
+    a member of a task family.
     """
     step_loss = step_loss if step_loss is not None else []
     params = problems.init_params()
@@ -98,8 +102,9 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
     params, loss, grads = loss_and_grads(problems, params, 0)
     params = tree_detach(params)  # as after every unroll: one compiled graph serves all
     coordinates = sum(v.numel() for v in params.values())
+    # not for a family's members: each new shape would compile its own graph, minutes apiece
     traced = (problems.traceable and getattr(optimizer, "compiles_whole", False) and not second_derivatives
-              and world.size == 1 and compile_unroll(coordinates))
+              and world.size == 1 and not problems.member and compile_unroll(coordinates))
     # compiled: each step's minibatch as tensors (step_inputs), the gradient by torch.func; eager: t, autograd
     run, step_fn = (compiled(unroll), traced_loss_and_grads) if traced else (unroll, eager_loss_and_grads)
     mean_loss = 0.0

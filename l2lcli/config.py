@@ -137,6 +137,10 @@ def quoted(v) -> str:
 def check(cfg: DictConfig, command: str) -> None:
     """Refuse, before any work, every value outside the schema and every combination that cannot work."""
     check_values(cfg)
+    tasks = OmegaConf.select(cfg, "recipe.tasks")
+    if tasks is not None and cfg.task.name not in tasks:
+        raise L2LError(f"recipe={cfg.recipe.name} is for task={', '.join(tasks)}, not task={cfg.task.name}: use "
+                       "recipe=best or recipe=paper")
     if is_learned(cfg.optimizer) and cfg.optimizer.get("gac", 0) > cfg.optimizer.hidden:
         raise L2LError(f"optimizer.gac={cfg.optimizer.gac} is more than optimizer.hidden={cfg.optimizer.hidden}: "
                        "averaging cells are a subset of each layer's cells")
@@ -187,6 +191,8 @@ def build(node: DictConfig, **kwargs):
         return instantiate(node, **kwargs, _convert_="all")
     except InstantiationException as e:
         cause = e.__cause__ or e
+        if isinstance(cause, L2LError):  # an object that refused its own config says why in its own words
+            raise cause from None
         if isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause):
             key = str(cause).split("'")[-2]
             raise L2LError(f"{node.get('name', 'this')} takes no key '{key}': remove it") from None

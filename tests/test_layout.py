@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from l2lcli.config import build, check, compose, group_choices
+from l2lcli.errors import L2LError
 from l2lcli.schema import RULES, leaves
 
 PACKAGE = Path(__file__).resolve().parents[1] / "l2lcli"
@@ -83,6 +84,10 @@ def test_every_task_optimizer_and_recipe_composes_checks_and_builds(task, optimi
     assert (cfg.task.name, cfg.optimizer.name, cfg.recipe.name) == (task, optimizer, recipe)
     missing = [path for path, _ in leaves(cfg) if path not in RULES]
     assert not missing, f"keys without a schema rule: {missing}"
+    if task not in cfg.recipe.get("tasks", [task]):  # a recipe for some tasks only refuses the others
+        with pytest.raises(L2LError, match=f"recipe={recipe} is for task="):
+            check(cfg, "evaluate")
+        return
     check(cfg, "evaluate")  # every shipped value passes the schema
     if optimizer in ("lstm", "lstm_gac", "ntm_bfgs", "ntm_lbfgs"):
         check(cfg, "meta-train")

@@ -17,15 +17,15 @@ from ..plots import plot_curves
 from ..rollout import rollout
 from ..schema import leaves
 from ..stats import bootstrap_ratio
-from ..tasks.base import LEARNER_KEYS
+from ..tasks.base import LEARNER_KEYS, TRAINING_KEYS
 from .common import Setup, load_optimizer, prepare
 
 
 def problem_key(cfg: DictConfig) -> dict:
-    """What decides the evaluation problems: the task's keys (not those only learned optimizers read, nor the data
-    folder), the split, the seed, how many and how many steps."""
+    """What decides the evaluation problems: the task's keys (not those only learned optimizers or meta-training
+    read, nor the data folder), the split, the seed, how many and how many steps."""
     # nested keys one by one (task.features.weights), so a key added later to a nested group is one key
-    skip = {f"task.{k}" for k in (*LEARNER_KEYS, "root", "_target_")}
+    skip = {f"task.{k}" for k in (*LEARNER_KEYS, *TRAINING_KEYS, "root", "_target_")}
     task = {path: v for path, v in leaves(cfg.task, "task.") if path not in skip}
     steps = OmegaConf.select(cfg, "eval.steps") or cfg.task.steps
     return {**task, "eval.split": OmegaConf.select(cfg, "eval.split", default="test"), "eval.seed": cfg.eval.seed,

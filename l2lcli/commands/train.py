@@ -39,6 +39,7 @@ class TrainState:
     seconds: float = 0.0
     log: list = field(default_factory=list)
     step_loss: list = field(default_factory=list)  # running mean loss per step (meta_loss=relative)
+    member_loss: dict = field(default_factory=dict)  # the same for each member of a task family, by member
     processes: int = 1     # torchrun's: a resumed run must keep the problem streams it was split into
 
 
@@ -57,7 +58,8 @@ def run(cfg: DictConfig) -> dict:
     optimizer.train().to(device)
     world.same_weights(optimizer)
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
-    validation = setup.task.sample("validation", tc.validation_problems, cfg.seed, device=device)
+    validation = [setup.task.sample("validation", tc.validation_problems, cfg.seed, index=i, device=device,
+                                    member=True) for i in range(tc.validation_batches)]
     if resumed:
         s, run_dir = _restore(resumed, optimizer, meta, world)
         if world.main:
@@ -74,10 +76,12 @@ def run(cfg: DictConfig) -> dict:
                     losses = []
                     for _ in range(tc.epoch_trajectories):
                         problems = setup.task.sample("train", tc.batch_size // world.size, cfg.seed, device=device,
-                                                     index=s.trajectories * world.size + world.rank)
+                                                     index=s.trajectories * world.size + world.rank, member=True)
                         s.trajectories += 1
+                        # each member of a family its own running means: its losses have their own scale
+                        step_loss = s.member_loss.setdefault(problems.member, []) if problems.member else s.step_loss
                         loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
-                                              tc.second_derivatives, tc.grad_clip, s.step_loss, world)
+                                              tc.second_derivatives, tc.grad_clip, step_loss, world)
                         _count_bad(s, ok, tc.max_bad_steps, run_dir)
                         losses += [loss] if ok else []
                         progress(advance=int(ok), meta=loss)

@@ -11,14 +11,19 @@ streams keyed by (split, seed, index), so problems do not depend on the device; 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from ..errors import L2LError
+
 SPLITS = ("train", "validation", "test")
 # Keys of a task's config that learned optimizers read (the paper's choices per task), not part of its problems.
 LEARNER_KEYS = ("preprocess", "output_scale", "groups", "problem_inputs")
+# Keys only meta-training reads (the members it draws from): evaluation problems never depend on them.
+TRAINING_KEYS = ("family",)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class ProblemBatch:
     specs: tuple[ParamSpec, ...]
     batch: int
     buffers: dict[str, torch.Tensor]
+    member: str = ""  # which member of a task family it was drawn from ("layers=2 hidden=40 ..."); "": the task
 
     def init_params(self) -> dict[str, torch.Tensor]:
         """Initial parameters theta_0, each of shape [B, *shape]."""
@@ -123,16 +129,37 @@ class ProblemBatch:
 
 
 class TaskFamily:
-    """A family of problems: `sample(split, n, seed, index, device)` gives a batch of n problems."""
+    """A family of problems: `sample(split, n, seed, index, device)` gives a batch of n problems.
+
+    `family` ({task key: [values]}, keys among `varies`) widens what meta-training sees: each of its batches
+    (`sample(..., member=True)`) is drawn from a member of the family, one value of each key picked by the batch's
+    own stream. Evaluation, sweeps and generalization never ask for members: they use the task's own keys.
+    """
+
+    varies: tuple[str, ...] = ()  # the keys a `family` may vary
 
     def __init__(self, name: str, steps: int, preprocess: str = "none", output_scale: float = 1.0,
-                 groups: dict | None = None, problem_inputs: bool = False):
+                 groups: dict | None = None, problem_inputs: bool = False, family: dict | None = None):
         # preprocess, output_scale, groups and problem_inputs are the paper's (or a recipe's) choices for learned
         # optimizers on this task; the optimizer config reads them by interpolation, so they live here and are
         # otherwise unused by the task.
         self.name, self.steps = name, int(steps)
         self.preprocess, self.output_scale, self.groups = preprocess, output_scale, groups
         self.problem_inputs = problem_inputs
+        self.family = {k: list(v) for k, v in family.items()} if family else None
+        unknown = sorted(set(self.family or ()) - set(self.varies))
+        if unknown:
+            can = f"may vary {', '.join(self.varies)}" if self.varies else "must be null (this task has no family)"
+            raise L2LError(f"task.family varies {', '.join(unknown)}, which task={name} cannot: task.family {can}")
+
+    def member(self, rng: np.random.Generator) -> TaskFamily:
+        """This task with each of `family`'s keys set to a value drawn from `rng` (itself without a family)."""
+        if not self.family:
+            return self
+        chosen = copy.copy(self)  # shares the loaded data
+        for key, values in self.family.items():
+            setattr(chosen, key, values[int(rng.integers(len(values)))])
+        return chosen
 
     def specs(self) -> tuple[ParamSpec, ...]:
         """The parameters of every problem of this family."""
@@ -142,8 +169,15 @@ class TaskFamily:
         """n problems drawn from `rng` on the CPU; `key` = (split, seed, index) names the batch's own streams."""
         raise NotImplementedError
 
-    def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu") -> ProblemBatch:
-        return self.draw(split, n, problem_rng(split, seed, index), (split, seed, index)).to(device)
+    def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu", member: bool = False
+               ) -> ProblemBatch:
+        """n problems of `split`, drawn from (seed, index); `member`: from a member of `family` drawn first."""
+        rng = problem_rng(split, seed, index)
+        task = self.member(rng) if member else self
+        batch = task.draw(split, n, rng, (split, seed, index)).to(device)
+        if task is not self:
+            batch.member = " ".join(f"{k}={getattr(task, k)}" for k in self.family)
+        return batch
 
     def describe(self) -> dict:
         """Facts about the data a run used, recorded in its summary."""

@@ -44,7 +44,10 @@ class ConvNetBatch(ImageBatch):
 class ConvNetFamily(ImageFamily):
     """`conv_layers` x (conv `kernel` x `kernel`, `channels` channels, SAME padding, batch norm, ReLU, 2x2 max-pool),
     then a fully connected layer of `fc_units` with batch norm and ReLU, then one logit per class. Weights ~ N(0,
-    init_std^2); batch norm scales start at 1 and shifts at 0 (a zero-mean scale would start every net constant)."""
+    init_std^2); batch norm scales start at 1 and shifts at 0 (a zero-mean scale would start every net constant).
+    A `family` may vary the widths (channels, fc_units)."""
+
+    varies = ("channels", "fc_units")
 
     def __init__(self, channels: int = 16, conv_layers: int = 3, kernel: int = 5, fc_units: int = 32, **kw):
         super().__init__(**kw)

@@ -36,7 +36,9 @@ class MLPBatch(ImageBatch):
 
 class MLPFamily(ImageFamily):
     """MLPs with `layers` hidden layers of `hidden` units; the paper's: one hidden layer of 20 sigmoid units on MNIST,
-    minibatches of 128."""
+    minibatches of 128. A `family` may vary depth, width and activation (meta-training on many nets)."""
+
+    varies = ("layers", "hidden", "activation")
 
     def __init__(self, hidden: int = 20, layers: int = 1, activation: str = "sigmoid", **kw):
         super().__init__(**kw)

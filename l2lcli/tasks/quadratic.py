@@ -30,7 +30,9 @@ class QuadraticBatch(ProblemBatch):
 
 class QuadraticFamily(TaskFamily):
     """W (dim x dim), y and theta_0 Gaussian (the paper), or W, y ~ U[0, 1) and theta_0 ~ N(0, 0.01^2) (the
-    official code's `uniform`)."""
+    official code's `uniform`). A `family` may vary the dimension."""
+
+    varies = ("dim",)
 
     def __init__(self, dim: int = 10, distribution: str = "gaussian", **kw):
         super().__init__(**kw)

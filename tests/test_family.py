@@ -1,0 +1,121 @@
+"""Meta-training on a family of tasks (task.family, recipe=family): members drawn per batch, validation over
+members, each member's own running means; evaluation never sees the family."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from l2lcli.bptt import validate
+from l2lcli.cli import app
+from l2lcli.commands import train
+from l2lcli.config import build, compose
+from l2lcli.errors import L2LError
+from l2lcli.runs import load_checkpoint
+from tests.test_data import idx_root  # noqa: F401  (fixture)
+from tests.test_mnist import MNIST_TINY
+
+FAMILY = "task.family={layers:[1,2,3],hidden:[3,4],activation:[sigmoid,relu]}"
+
+
+def test_each_batch_is_drawn_from_a_member_by_its_own_stream(make_cfg, idx_root):  # noqa: F811
+    task = build(make_cfg(*MNIST_TINY, f"data.root={idx_root}", FAMILY).task)
+    batches = [task.sample("train", 2, seed=0, index=i, member=True) for i in range(24)]
+    members = {b.member for b in batches}
+    assert len(members) > 3  # several depths, widths and activations are met
+    for b in batches:  # the batch is the member its label names
+        m = dict(kv.split("=") for kv in b.member.split())
+        assert sum(s.name.endswith(".w") for s in b.specs) == int(m["layers"]) + 1
+        assert b.specs[0].shape == (784, int(m["hidden"])) and b.act.__name__ == m["activation"]
+    again = task.sample("train", 2, seed=0, index=5, member=True)  # the same key gives the same member and weights
+    assert again.member == batches[5].member
+    assert all(torch.equal(again.params0[k], batches[5].params0[k]) for k in again.params0)
+    plain = task.sample("test", 2, seed=0)  # evaluation: the task's own keys, not a member
+    assert plain.member == "" and [s.shape for s in plain.specs] == [s.shape for s in build(
+        make_cfg(*MNIST_TINY, f"data.root={idx_root}").task).sample("test", 2, seed=0).specs]
+
+
+def test_a_task_without_a_family_samples_as_before(make_cfg):
+    task = build(make_cfg().task)
+    a, b = task.sample("train", 4, seed=0, index=3), task.sample("train", 4, seed=0, index=3, member=True)
+    assert b.member == "" and torch.equal(a.W, b.W) and torch.equal(a.theta0, b.theta0)
+
+
+def test_quadratics_vary_their_dimension(make_cfg):
+    task = build(make_cfg("task.family={dim:[2,3,7]}").task)
+    dims = {task.sample("train", 2, seed=0, index=i, member=True).theta0.shape[1] for i in range(30)}
+    assert dims == {2, 3, 7}
+
+
+@pytest.mark.parametrize("family, message", [
+    ("{dim:[2]}", "task.family varies dim, which task=mnist cannot: task.family may vary layers, hidden, activation"),
+    ("{hidden:[0]}", "task.family={hidden:[0]} is invalid"),
+    ("{activation:[swish]}", "task.family={activation:[swish]} is invalid"),
+    ("{hidden:[]}", "task.family={hidden:[]} is invalid"),
+])
+def test_a_bad_family_is_one_line_and_exit_2(tmp_path, family, message):
+    res = CliRunner().invoke(app, ["meta-train", f"out_dir={tmp_path}", *MNIST_TINY, f"task.family={family}"])
+    assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_the_family_recipe_is_mnists_and_only_mnists(tmp_path):
+    cfg = compose(["task=mnist", "recipe=family"])
+    best = compose(["task=mnist"])
+    assert set(cfg.task.family) == {"layers", "hidden", "activation"} and list(cfg.task.family.layers) == [1, 2, 3]
+    assert cfg.train.validation_batches > 1 and best.train.validation_batches == 1 and best.task.family is None
+    # everything else is MNIST's best recipe
+    for key in ("task.groups", "task.problem_inputs", "train.meta_loss", "train.time_limit"):
+        assert str(cfg[key.split(".")[0]][key.split(".")[1]]) == str(best[key.split(".")[0]][key.split(".")[1]])
+    res = CliRunner().invoke(app, ["meta-train", f"out_dir={tmp_path}", "task=quadratic", "recipe=family"])
+    assert res.exit_code == 2 and "recipe=family is for task=mnist, not task=quadratic" in res.output
+
+
+def test_validation_over_several_batches_is_their_geometric_mean(make_cfg):
+    cfg = make_cfg()
+    task, rule = build(cfg.task), build(cfg.optimizer)
+    batches = [task.sample("validation", 4, seed=0, index=i) for i in range(3)]
+    each = [validate(b, rule, 10) for b in batches]
+    assert validate(batches, rule, 10) == pytest.approx(math.exp(sum(map(math.log, each)) / 3), rel=1e-9)
+    assert validate(batches[:1], rule, 10) == each[0]  # one batch: its mean final loss, as always
+
+
+def test_meta_training_on_a_family_keeps_each_members_running_means(tmp_path, idx_root):  # noqa: F811
+    overrides = [f"out_dir={tmp_path}", f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.meta_loss=relative",
+                 "train.epoch_trajectories=6", "train.validation_batches=3"]
+    results = train.run(compose(overrides))
+    assert math.isfinite(results["best_val_loss"])
+    last = load_checkpoint(f"{results['run_dir']}/last.pt")["train_state"]
+    members = last["member_loss"]
+    assert len(members) >= 2 and last["step_loss"] == []  # the members' running means, not one for all
+    assert all(len(v) == 6 for v in members.values())  # task.steps=6
+
+
+def test_a_family_run_is_reproducible(tmp_path, idx_root):  # noqa: F811
+    overrides = [f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.validation_batches=2"]
+    a = train.run(compose([f"out_dir={tmp_path / 'a'}", *overrides]))
+    b = train.run(compose([f"out_dir={tmp_path / 'b'}", *overrides]))
+    assert a["best_val_loss"] == b["best_val_loss"]
+    wa, wb = load_checkpoint(a["run_dir"])["weights"], load_checkpoint(b["run_dir"])["weights"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_member_shares_the_loaded_data(make_cfg, idx_root):  # noqa: F811
+    task = build(make_cfg(*MNIST_TINY, f"data.root={idx_root}", FAMILY).task)
+    task.splits()
+    member = task.member(np.random.default_rng(0))
+    assert member is not task and member._data is task._data and member.family == task.family
+
+
+def test_build_passes_a_tasks_own_refusal_through(make_cfg):
+    with pytest.raises(L2LError, match="may vary dim"):
+        build(make_cfg("task.family={hidden:[3]}").task)
+
+
+def test_the_family_is_not_part_of_the_evaluation_problems(make_cfg):
+    from l2lcli.commands.evaluate import problem_key
+    plain, family = make_cfg("task=mnist"), make_cfg("task=mnist", "recipe=family")
+    assert family.task.family and problem_key(plain) == problem_key(family)  # one sweep serves both
+    assert problem_key(plain) != problem_key(make_cfg("task=mnist", "task.layers=2"))
