@@ -119,3 +119,19 @@ def test_the_family_is_not_part_of_the_evaluation_problems(make_cfg):
     plain, family = make_cfg("task=mnist"), make_cfg("task=mnist", "recipe=family")
     assert family.task.family and problem_key(plain) == problem_key(family)  # one sweep serves both
     assert problem_key(plain) != problem_key(make_cfg("task=mnist", "task.layers=2"))
+
+
+def test_the_family_validation_benchmark_scores_rules_as_meta_training_did(tmp_path, idx_root, capsys):  # noqa: F811
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).parents[1] / "benchmarks" / "family_validation.py"
+    spec = importlib.util.spec_from_file_location("family_validation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    overrides = [f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.validation_batches=3"]
+    family = train.run(compose([f"out_dir={tmp_path / 'family'}", *overrides]))
+    plain = train.run(compose([f"out_dir={tmp_path / 'plain'}", *overrides, "task.family=null"]))
+    scores = bench.main(["--family", family["run_dir"], family["run_dir"], plain["run_dir"]])
+    assert scores[family["run_dir"]] == pytest.approx(family["best_val_loss"], rel=1e-6)
+    assert scores[plain["run_dir"]] != scores[family["run_dir"]]  # another rule, the same problems
+    assert capsys.readouterr().out.count("layers=") >= 3  # the members it drew, named

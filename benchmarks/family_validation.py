@@ -1,0 +1,45 @@
+"""Several rules on one family run's validation problems: the score meta-training chose its checkpoint by.
+
+    python benchmarks/family_validation.py --family RUN CHECKPOINT [CHECKPOINT ...]
+
+RUN is a meta-train run of a task family (task.family, e.g. recipe=family); its validation batches (seed,
+train.validation_problems x train.validation_batches, each from its own member) are drawn again, and each
+checkpoint's rule is scored on them as meta-training scores: the geometric mean over the batches of their mean final
+loss. A rule meta-trained on one net only is compared there with the family's rules, on the very same problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from l2lcli.bptt import validate
+from l2lcli.config import build
+from l2lcli.runs import load_checkpoint, rule_from
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", required=True, help="a meta-train run folder of a task family")
+    ap.add_argument("checkpoints", nargs="+", help="meta-train run folders or .pt files of the same task")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_checkpoint(args.family)["config"]
+    task, tc = build(cfg.task), cfg.train
+    batches = [task.sample("validation", tc.validation_problems, cfg.seed, index=i, member=True)
+               for i in range(tc.validation_batches)]
+    print("members:", "; ".join(b.member or "the task" for b in batches))
+    scores = {}
+    for path in args.checkpoints:
+        rule = rule_from(load_checkpoint(path))
+        each = [validate(b, rule, cfg.task.steps) for b in batches]
+        scores[path] = validate(batches, rule, cfg.task.steps)
+        print(f"{scores[path]:.4f}  {path}  (per batch: {', '.join(f'{x:.3g}' for x in each)})", flush=True)
+    return scores
+
+
+if __name__ == "__main__":
+    main()
