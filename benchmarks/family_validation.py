@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from l2lcli.bptt import validate
+from l2lcli.bptt import final_losses, score, validation_set
 from l2lcli.config import build
 from l2lcli.runs import load_checkpoint, rule_from
 
@@ -28,15 +28,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_checkpoint(args.family)["config"]
-    task, tc = build(cfg.task), cfg.train
-    batches = [task.sample("validation", tc.validation_problems, cfg.seed, index=i, member=True)
-               for i in range(tc.validation_batches)]
-    print("members:", "; ".join(b.member or "the task" for b in batches))
+    batches = validation_set(build(cfg.task), cfg.train, cfg.seed)
+    print("members:", "; ".join(b.member or "the task" for b in batches), flush=True)
     scores = {}
     for path in args.checkpoints:
-        rule = rule_from(load_checkpoint(path))
-        each = [validate(b, rule, cfg.task.steps) for b in batches]
-        scores[path] = validate(batches, rule, cfg.task.steps)
+        each = final_losses(batches, rule_from(load_checkpoint(path)), cfg.task.steps)
+        scores[path] = score(each)
         print(f"{scores[path]:.4f}  {path}  (per batch: {', '.join(f'{x:.3g}' for x in each)})", flush=True)
     return scores
 

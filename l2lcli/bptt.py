@@ -40,16 +40,32 @@ def meta_loss_term(loss: torch.Tensor, kind: str, scale: torch.Tensor | float = 
     return loss.clamp_min(1e-30).log().mean()  # log_sum
 
 
-def validate(batches, optimizer, steps: int) -> float:
-    """Mean final loss of the frozen optimizer on a batch of validation problems, or the geometric mean of that
-    over several `batches` (members of a task family, whose losses differ in scale); inf if any diverged."""
-    batches = batches if isinstance(batches, (list, tuple)) else [batches]
+def final_losses(batches, optimizer, steps: int) -> list[float]:
+    """Mean final loss of the frozen optimizer on each batch of problems."""
     optimizer.eval()
     finals = [rollout(problems, optimizer, steps).curve[-1].mean().item() for problems in batches]
     optimizer.train()
+    return finals
+
+
+def score(finals: list[float]) -> float:
+    """Validation's one number: a batch's mean final loss, or the geometric mean of several batches' (members of
+    a task family, whose losses differ in scale); inf if any diverged."""
     if not all(map(math.isfinite, finals)):
         return math.inf
     return finals[0] if len(finals) == 1 else math.exp(sum(math.log(max(f, 1e-30)) for f in finals) / len(finals))
+
+
+def validate(batches, optimizer, steps: int) -> float:
+    """The validation score (see `score`) of the frozen optimizer on one batch of problems or a list of them."""
+    return score(final_losses(batches if isinstance(batches, (list, tuple)) else [batches], optimizer, steps))
+
+
+def validation_set(task, train_cfg, seed: int, device="cpu") -> list:
+    """Meta-training's validation problems: `validation_batches` batches of `validation_problems`, each drawn
+    from its own member where the task is a family."""
+    return [task.sample("validation", train_cfg.validation_problems, seed, index=i, device=device, member=True)
+            for i in range(train_cfg.get("validation_batches", 1))]  # runs saved before the key: one batch
 
 
 def traced_loss_and_grads(problems, params: dict, inputs: tuple, second_derivatives: bool = False):

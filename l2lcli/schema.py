@@ -76,9 +76,9 @@ GROUPS = maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 a
 VARIANTS = Rule(lambda v: isinstance(v, (list, ListConfig)) and len(v) > 0 and all(
     isinstance(x, (dict, DictConfig)) and len(x) > 0 for x in v), "a non-empty list of {task key: value} variants")
 PREPROCESS = one_of("none", "log_sign", "moments")
-# {task key: [values]}: each value must pass that key's own rule (which the task's `varies` then narrows)
+# {task key: [values]}: each value must pass that key's own rule; which keys a task may vary, it says itself
 FAMILY = maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
-    f"task.{k}" in RULES and list_of(RULES[f"task.{k}"]).ok(x) for k, x in v.items()),
+    list_of(RULES.get(f"task.{k}", Rule(lambda _: True, ""))).ok(x) for k, x in v.items()),
     "{task key: [values, each valid for that key], ...}"))
 
 RULES: dict[str, Rule] = {

@@ -51,6 +51,7 @@ def test_quadratics_vary_their_dimension(make_cfg):
 
 @pytest.mark.parametrize("family, message", [
     ("{dim:[2]}", "task.family varies dim, which task=mnist cannot: task.family may vary layers, hidden, activation"),
+    ("{depth:[2]}", "task.family varies depth, which task=mnist cannot"),
     ("{hidden:[0]}", "task.family={hidden:[0]} is invalid"),
     ("{activation:[swish]}", "task.family={activation:[swish]} is invalid"),
     ("{hidden:[]}", "task.family={hidden:[]} is invalid"),
@@ -102,11 +103,37 @@ def test_a_family_run_is_reproducible(tmp_path, idx_root):  # noqa: F811
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_a_member_shares_the_loaded_data(make_cfg, idx_root):  # noqa: F811
+def test_members_share_the_data_loaded_once(make_cfg, idx_root):  # noqa: F811
     task = build(make_cfg(*MNIST_TINY, f"data.root={idx_root}", FAMILY).task)
-    task.splits()
-    member = task.member(np.random.default_rng(0))
-    assert member is not task and member._data is task._data and member.family == task.family
+    a, b = task.member(np.random.default_rng(0)), task.member(np.random.default_rng(1))
+    assert task._data is not None and a._data is task._data and b._data is task._data
+
+
+def test_every_member_must_fit_not_only_the_task(make_cfg):
+    from l2lcli.commands.common import fits
+    cfg = make_cfg("optimizer=ntm_bfgs", "optimizer.max_memory_floats=1000")  # a dense memory of dim^2 floats
+    fits(build(cfg.optimizer), build(cfg.task), 1)  # 10-d: 100 floats
+    family = build(make_cfg("task.family={dim:[10,40]}").task)
+    assert len(family.members()) == 2
+    with pytest.raises(L2LError, match="40 coordinates"):
+        fits(build(cfg.optimizer), family, 1)
+
+
+def test_a_killed_family_run_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, idx_root, monkeypatch):  # noqa: F811
+    overrides = [f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.meta_loss=relative", "train.max_epochs=2",
+                 "train.epoch_trajectories=4", "train.validation_batches=2"]
+    straight = train.run(compose([f"out_dir={tmp_path / 'a'}", *overrides]))
+    stop = train._stop_reason
+    monkeypatch.setattr(train, "_stop_reason", lambda s, tc: (_ for _ in ()).throw(KeyboardInterrupt)
+                        if s.epoch == 1 else stop(s, tc))
+    first = train.run(compose([f"out_dir={tmp_path / 'b'}", *overrides]))
+    assert first["stop_reason"] == "interrupted" and first["epochs"] == 1
+    monkeypatch.setattr(train, "_stop_reason", stop)
+    resumed = train.run(compose([f"train.resume={first['run_dir']}"]))
+    assert resumed["epochs"] == 2 and resumed["best_val_loss"] == straight["best_val_loss"]
+    a, b = (load_checkpoint(f"{r['run_dir']}/last.pt") for r in (straight, resumed))
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+    assert a["train_state"]["member_loss"] == b["train_state"]["member_loss"] != {}
 
 
 def test_build_passes_a_tasks_own_refusal_through(make_cfg):

@@ -100,6 +100,13 @@ def test_the_latest_run_is_the_newest_folder_name_whatever_output_folder_holds_i
     assert len(latest(rows.assign(seed=[0, 1, 2]))) == 3  # one per seed
 
 
+def test_a_rule_meta_trained_on_a_task_family_is_no_evidence_for_the_papers_claims(make_cfg, tmp_path):
+    experiment.run(make_cfg("task.family={dim:[5,10,20]}", "train.validation_batches=2"))
+    r = run([str(tmp_path / "outputs")], str(tmp_path / "report.md"))
+    assert r["table"].set_index("claim").loc["fig2", "seeds"] == 0
+    assert len(r["skipped"]) == 1 and "meta-trained on a family of tasks" in r["skipped"][0]
+
+
 def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
     measured, learned_rows = {}, []
     for seed in (0, 1):

@@ -75,15 +75,16 @@ def prepare(cfg: DictConfig, command: str) -> Setup:
 
 
 def fits(optimizer, task: TaskFamily, problems: int) -> None:
-    """Refuse, before any work, an optimizer whose groups leave some parameter of the task without a network, or
-    whose state for `problems` problems at once would be too large."""
+    """Refuse, before any work, an optimizer whose groups leave some parameter of the task (of any member of its
+    family) without a network, or whose state for `problems` problems at once would be too large."""
     if not getattr(optimizer, "learned", False):
         return
-    specs = {s.name: s for s in task.specs()}
-    for group, names in optimizer.assign(list(specs), {k: s.kind for k, s in specs.items()}).items():
-        net = optimizer.nets[group]
-        if hasattr(net, "check_size"):
-            net.check_size(problems, sum(specs[k].numel for k in names))
+    for member in task.members():  # a family's largest member must fit too
+        specs = {s.name: s for s in member.specs()}
+        for group, names in optimizer.assign(list(specs), {k: s.kind for k, s in specs.items()}).items():
+            net = optimizer.nets[group]
+            if hasattr(net, "check_size"):
+                net.check_size(problems, sum(specs[k].numel for k in names))
 
 
 def load_optimizer(setup: Setup):

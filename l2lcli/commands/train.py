@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..bptt import trajectory, validate
+from ..bptt import trajectory, validate, validation_set
 from ..config import build
 from ..distributed import World, join
 from ..errors import L2LError, WriteError
@@ -51,6 +51,8 @@ def run(cfg: DictConfig) -> dict:
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
     world = join(device, tc.batch_size, cfg.device.threads)
+    if setup.task.family and world.size > 1:  # each rank would draw its own member, and mix their running means
+        raise L2LError("task.family meta-trains in one process: run it without torchrun, or set task.family=null")
     torch.manual_seed(cfg.seed)
     from_trained = resumed is None and cfg.train.init_from  # a resumed run takes its weights from its own last.pt
     optimizer = rule_from(load_checkpoint(tc.init_from), cfg.optimizer) if from_trained else build(cfg.optimizer)
@@ -58,8 +60,7 @@ def run(cfg: DictConfig) -> dict:
     optimizer.train().to(device)
     world.same_weights(optimizer)
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
-    validation = [setup.task.sample("validation", tc.validation_problems, cfg.seed, index=i, device=device,
-                                    member=True) for i in range(tc.validation_batches)]
+    validation = validation_set(setup.task, tc, cfg.seed, device)
     if resumed:
         s, run_dir = _restore(resumed, optimizer, meta, world)
         if world.main:

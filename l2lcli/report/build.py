@@ -48,6 +48,9 @@ def gather(paths: list[Path]) -> pd.DataFrame:
             skipped.append(f"`{run}`: its checkpoint `{cfg.eval.checkpoint}` is gone")
             continue
         trained = load_checkpoint(checkpoint)["config"]
+        if OmegaConf.select(trained, "task.family"):  # the paper's claims are about a rule trained on one task
+            skipped.append(f"`{run}`: its rule was meta-trained on a family of tasks (task.family), not the paper's")
+            continue
         data = (s.get("data") or {}).get("source") or OmegaConf.select(cfg, "task.dataset", default="generated")
         common = {"seed": trained.seed, "recipe": OmegaConf.select(trained, "recipe.name", default="-"),
                   "problems": s["problems"], "eval_seed": cfg.eval.seed, "run_dir": str(run),

@@ -12,6 +12,7 @@ streams keyed by (split, seed, index), so problems do not depend on the device; 
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,21 +154,23 @@ class TaskFamily:
             raise L2LError(f"task.family varies {', '.join(unknown)}, which task={name} cannot: task.family {can}")
 
     def member(self, rng: np.random.Generator) -> TaskFamily:
-        """This task with each of `family`'s keys set to a value drawn from `rng` (itself without a family)."""
+        """This task with each of `family`'s keys set to a value drawn from `rng` (the task itself when it has no
+        family)."""
         if not self.family:
             return self
+        return self._with({k: values[int(rng.integers(len(values)))] for k, values in self.family.items()})
+
+    def members(self) -> list[TaskFamily]:
+        """Every member of the family (the task itself when it has none)."""
+        if not self.family:
+            return [self]
+        return [self._with(dict(zip(self.family, v, strict=True))) for v in itertools.product(*self.family.values())]
+
+    def _with(self, values: dict) -> TaskFamily:
         chosen = copy.copy(self)  # shares the loaded data
-        for key, values in self.family.items():
-            setattr(chosen, key, values[int(rng.integers(len(values)))])
+        for key, value in values.items():
+            setattr(chosen, key, value)
         return chosen
-
-    def specs(self) -> tuple[ParamSpec, ...]:
-        """The parameters of every problem of this family."""
-        raise NotImplementedError
-
-    def draw(self, split: str, n: int, rng: np.random.Generator, key: tuple) -> ProblemBatch:
-        """n problems drawn from `rng` on the CPU; `key` = (split, seed, index) names the batch's own streams."""
-        raise NotImplementedError
 
     def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu", member: bool = False
                ) -> ProblemBatch:

@@ -77,3 +77,8 @@ class ImageFamily(TaskFamily):
     def describe(self):
         self.splits()
         return dict(self._info)
+
+    def member(self, rng):
+        if self.family:
+            self.splits()  # loaded before the copy, so that every member shares it
+        return super().member(rng)
