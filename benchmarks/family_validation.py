@@ -16,6 +16,7 @@ import torch
 
 from l2lcli.bptt import final_losses, score, validation_set
 from l2lcli.config import build
+from l2lcli.device import resolve_device
 from l2lcli.runs import load_checkpoint, rule_from
 
 
@@ -25,14 +26,15 @@ def main(argv=None) -> dict:
     ap.add_argument("checkpoints", nargs="+", help="meta-train run folders or .pt files of the same task")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    cfg = load_checkpoint(args.family)["config"]
+    device = resolve_device(cfg)  # as the run had it: compiled cells, freed memory reused, its threads
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_checkpoint(args.family)["config"]
-    batches = validation_set(build(cfg.task), cfg.train, cfg.seed)
+    batches = validation_set(build(cfg.task), cfg.train, cfg.seed, device)
     print("members:", "; ".join(b.member or "the task" for b in batches), flush=True)
     scores = {}
     for path in args.checkpoints:
-        each = final_losses(batches, rule_from(load_checkpoint(path)), cfg.task.steps)
+        each = final_losses(batches, rule_from(load_checkpoint(path)).to(device), cfg.task.steps)
         scores[path] = score(each)
         print(f"{scores[path]:.4f}  {path}  (per batch: {', '.join(f'{x:.3g}' for x in each)})", flush=True)
     return scores
