@@ -22,8 +22,10 @@ runner = CliRunner()
 
 @functools.cache
 def _configs():
-    return [compose([f"task={t}", f"optimizer={o}", "logger=many"]) for t, o in
-            itertools.product(group_choices("task"), group_choices("optimizer"))]
+    # every task x optimizer under the default recipe, and MNIST under the recipe with keys of its own (recipe.tasks)
+    return [compose([f"task={t}", f"optimizer={o}", f"recipe={r}", "logger=many"]) for t, o, r in
+            [*itertools.product(group_choices("task"), group_choices("optimizer"), ["best"]),
+             ("mnist", "lstm", "family")]]
 
 
 BAD = ["-1", "0", "foo", "1.5", "''", "[]", "2"]
@@ -37,10 +39,10 @@ def _bad_overrides():
         if cfg is None:
             continue
         for raw in BAD:
-            value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}", "logger=many",
-                             f"{path}={raw}"])
+            value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}", f"recipe={cfg.recipe.name}",
+                             "logger=many", f"{path}={raw}"])
             if not rule.ok(dict(leaves(value))[path]):
-                cases.append((cfg.task.name, cfg.optimizer.name, path, raw))
+                cases.append((cfg.task.name, cfg.optimizer.name, path, raw, cfg.recipe.name))
                 break
     return cases
 
@@ -52,9 +54,9 @@ def test_the_bad_values_reach_every_rule():
     assert {c[2] for c in CASES} == set(RULES), sorted(set(RULES) - {c[2] for c in CASES})
 
 
-@pytest.mark.parametrize("task, optimizer, path, raw", CASES, ids=[c[2] for c in CASES])
-def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optimizer, path, raw):
-    cfg = compose([f"task={task}", f"optimizer={optimizer}", "logger=many", f"{path}={raw}"])
+@pytest.mark.parametrize("task, optimizer, path, raw, recipe", CASES, ids=[c[2] for c in CASES])
+def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optimizer, path, raw, recipe):
+    cfg = compose([f"task={task}", f"optimizer={optimizer}", f"recipe={recipe}", "logger=many", f"{path}={raw}"])
     with pytest.raises(L2LError) as e:
         check(cfg, "evaluate")
     assert str(e.value).startswith(f"{path}=") and "\n" not in str(e.value)
