@@ -172,6 +172,14 @@ class TaskFamily:
             setattr(chosen, key, value)
         return chosen
 
+    def specs(self) -> tuple[ParamSpec, ...]:
+        """The parameters of every problem of this family."""
+        raise NotImplementedError
+
+    def draw(self, split: str, n: int, rng: np.random.Generator, key: tuple) -> ProblemBatch:
+        """n problems drawn from `rng` on the CPU; `key` = (split, seed, index) names the batch's own streams."""
+        raise NotImplementedError
+
     def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu", member: bool = False
                ) -> ProblemBatch:
         """n problems of `split`, drawn from (seed, index); `member`: from a member of `family` drawn first."""
