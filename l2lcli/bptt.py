@@ -56,9 +56,9 @@ def score(finals: list[float]) -> float:
     return finals[0] if len(finals) == 1 else math.exp(sum(math.log(max(f, 1e-30)) for f in finals) / len(finals))
 
 
-def validate(batches, optimizer, steps: int) -> float:
-    """The validation score (see `score`) of the frozen optimizer on one batch of problems or a list of them."""
-    return score(final_losses(batches if isinstance(batches, (list, tuple)) else [batches], optimizer, steps))
+def validate(batches: list, optimizer, steps: int) -> float:
+    """The validation score (see `score`) of the frozen optimizer on a list of problem batches."""
+    return score(final_losses(batches, optimizer, steps))
 
 
 def validation_set(task, train_cfg, seed: int, device="cpu") -> list:

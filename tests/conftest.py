@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
@@ -20,3 +23,12 @@ def make_cfg(tmp_path):
 
     yield make
     GlobalHydra.instance().clear()
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module (they are scripts to run, not a package to import)."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", Path(__file__).parents[1] / "benchmarks"
+                                                  / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,13 +1,9 @@
 """The speed benchmark's reference must compute what l2l computes, or its speed-up means nothing."""
 
-import importlib.util
-from pathlib import Path
-
 from l2lcli.config import build
+from tests.conftest import load_benchmark
 
-spec = importlib.util.spec_from_file_location("bench", Path(__file__).parents[1] / "benchmarks" / "bench.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_benchmark("bench")
 
 
 def test_reference_meta_gradient_equals_l2ls(make_cfg):

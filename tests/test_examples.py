@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from l2lcli.commands import train
+from tests.conftest import load_benchmark
 from tests.test_mnist import MNIST_TINY
 
 ROOT = Path(__file__).parents[1]
@@ -45,9 +46,7 @@ def test_the_unseen_data_benchmark_tunes_baselines_on_other_seeds_and_compares(c
     """benchmarks/unseen.py: baselines take the best grid learning rate on tuning seeds; the learned rule and
     the tuned baselines run on the test seeds, never a tuning one; the ratio is the learned mean over the best
     baseline's."""
-    spec = importlib.util.spec_from_file_location("unseen", ROOT / "benchmarks" / "unseen.py")
-    unseen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(unseen)
+    unseen = load_benchmark("unseen")
     seeds, train = [], unseen.train
 
     def recorded(make_opt, seed, data, args):

@@ -14,6 +14,7 @@ from l2lcli.commands import train
 from l2lcli.config import build, compose
 from l2lcli.errors import L2LError
 from l2lcli.runs import load_checkpoint
+from tests.conftest import load_benchmark
 from tests.test_data import idx_root  # noqa: F401  (fixture)
 from tests.test_mnist import MNIST_TINY
 
@@ -78,7 +79,7 @@ def test_validation_over_several_batches_is_their_geometric_mean(make_cfg):
     cfg = make_cfg()
     task, rule = build(cfg.task), build(cfg.optimizer)
     batches = [task.sample("validation", 4, seed=0, index=i) for i in range(3)]
-    each = [validate(b, rule, 10) for b in batches]
+    each = [validate([b], rule, 10) for b in batches]
     assert validate(batches, rule, 10) == pytest.approx(math.exp(sum(map(math.log, each)) / 3), rel=1e-9)
     assert validate(batches[:1], rule, 10) == each[0]  # one batch: its mean final loss, as always
 
@@ -140,12 +141,7 @@ def test_the_family_is_not_part_of_the_evaluation_problems(make_cfg):
 
 
 def test_the_family_validation_benchmark_scores_rules_as_meta_training_did(tmp_path, idx_root, capsys):  # noqa: F811
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).parents[1] / "benchmarks" / "family_validation.py"
-    spec = importlib.util.spec_from_file_location("family_validation", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("family_validation")
     overrides = [f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.validation_batches=3"]
     family = train.run(compose([f"out_dir={tmp_path / 'family'}", *overrides]))
     plain = train.run(compose([f"out_dir={tmp_path / 'plain'}", *overrides, "task.family=null"]))

@@ -30,6 +30,8 @@ pytest.importorskip("tensorboard")
 from mlflow import MlflowClient  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from tests.conftest import load_benchmark  # noqa: E402
+
 
 def store(out: Path) -> MlflowClient:
     """The default local MLflow store of runs under `out`."""
@@ -293,10 +295,7 @@ def test_a_real_tracking_server_gets_the_run_and_its_loss_mid_run_is_survived(tm
 
 
 def test_the_logger_benchmark_times_every_stage_of_every_choice(tmp_path, capsys):
-    path = Path(__file__).parents[1] / "benchmarks" / "loggers.py"
-    spec = importlib.util.spec_from_file_location("bench_loggers", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("loggers")
     times = bench.one_run("many", str(tmp_path))
     assert set(times) == {"open", "epoch row", "curves, 505 rows", "finish"}
     assert all(t > 0 for t in times.values())

@@ -7,6 +7,7 @@ and evaluation setting counts; the verdict needs every seed on the claimed side 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import math
@@ -156,6 +157,7 @@ def learned_finals(run_dir: str) -> pd.Series:
 INPUTS = ("preprocess", "problem_inputs")  # what a learned optimizer sees besides its own state
 
 
+@functools.cache  # each Appendix D row looks through the same LSTM runs
 def _problems(run_dir: str) -> tuple[dict, tuple]:
     """An evaluate run's problems (as a sweep compares them) and its learned optimizer's inputs."""
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
