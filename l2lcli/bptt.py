@@ -9,8 +9,10 @@ import torch
 from .distributed import SOLO, World
 from .optimizers.cells import compile_unroll, compiled
 from .rollout import loss_and_grads, rollout
+from .tasks.base import problem_rng
 
 META_LOSSES = ("sum", "final", "log_sum", "relative")
+MEMBERS = 2**64 - 1  # the validation stream's index that picks a family's members; batches count from 0
 
 
 def tree_detach(x):
@@ -63,9 +65,15 @@ def validate(batches: list, optimizer, steps: int) -> float:
 
 def validation_set(task, train_cfg, seed: int, device="cpu") -> list:
     """Meta-training's validation problems: `validation_batches` batches of `validation_problems`, each drawn
-    from its own member where the task is a family."""
-    return [task.sample("validation", train_cfg.validation_problems, seed, index=i, device=device, member=True)
-            for i in range(train_cfg.get("validation_batches", 1))]  # runs saved before the key: one batch
+    from its own member where the task is a family: members spread over every value of every key
+    (`validation_members=spread`), or each drawn at random (`random`, as runs saved before the key had)."""
+    n = train_cfg.get("validation_batches", 1)  # runs saved before the key: one batch
+    if train_cfg.get("validation_members", "random") == "spread":
+        members = task.spread(n, problem_rng("validation", seed, index=MEMBERS))
+    else:
+        members = [True] * n
+    return [task.sample("validation", train_cfg.validation_problems, seed, index=i, device=device, member=m)
+            for i, m in enumerate(members)]
 
 
 def traced_loss_and_grads(problems, params: dict, inputs: tuple, second_derivatives: bool = False):

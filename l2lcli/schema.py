@@ -122,10 +122,13 @@ RULES: dict[str, Rule] = {
     "train.meta_lr_decay": number(0, 1, lo_open=True), "train.epoch_trajectories": whole(1),
     "train.max_epochs": whole(1), "train.patience": whole(1), "train.min_improvement": FRACTION,
     "train.validation_problems": whole(1), "train.validation_batches": whole(1),
+    "train.validation_members": one_of("spread", "random"),
     "train.second_derivatives": FLAG,
     "train.meta_loss": one_of("sum", "final", "log_sum", "relative"), "train.grad_clip": maybe(POSITIVE),
     "train.max_bad_steps": whole(1), "train.time_limit": maybe(POSITIVE), "train.resume": PATH,
     "train.init_from": PATH,
+    "train.init_nets": maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()), "{net: saved net, ...}")),
     # evaluation, sweeps, generalization
     "eval.checkpoint": PATH, "eval.baselines": PATH, "eval.problems": whole(1), "eval.steps": maybe(whole(1)),
     "eval.seed": SEED,

@@ -206,3 +206,23 @@ def test_the_installed_console_script_runs(tmp_path):
                          text=True)
     tasks = ", ".join(group_choices("task"))
     assert res.returncode == 2 and res.stderr.strip() == f"error: unknown task 'nope': choose one of {tasks}"
+
+
+def test_init_nets_starts_a_net_the_checkpoint_lacks_as_a_copy_of_one_it_holds(tmp_path):
+    assert l2l("meta-train", "optimizer.groups={solver:[theta]}", "optimizer.hidden=8", out=tmp_path).exit_code == 0
+    first = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    two = ["optimizer.groups={early:[theta],solver:[theta]}"]  # early takes theta (first match); solver is kept
+    one_line_error(l2l("meta-train", "--init-from", str(first), *two, out=tmp_path),
+                   "holds nets solver, not early of this optimizer's groups: start each as a copy, e.g. "
+                   "train.init_nets={early: solver}")
+    one_line_error(l2l("meta-train", "--init-from", str(first), *two, "train.init_nets={early:nosuch}", out=tmp_path),
+                   "train.init_nets copies nosuch into early")
+    one_line_error(l2l("meta-train", "train.init_nets={early:solver}", out=tmp_path), "give it one with --init-from")
+    res = l2l("meta-train", "--init-from", str(first), *two, "train.init_nets={early:solver}", "train.unroll=20",
+              "train.meta_lr=1e-12", out=tmp_path)
+    assert res.exit_code == 0, res.output
+    second = next(p for p in (tmp_path / "meta-train" / "quadratic").iterdir() if p != first)
+    a, b = torch.load(first / "best.pt")["weights"], torch.load(second / "best.pt")["weights"]
+    for k, v in a.items():  # both nets start from the saved one (a negligible meta-lr keeps them there)
+        for net in ("early", "solver"):
+            assert torch.allclose(b[k.replace("nets.solver.", f"nets.{net}.")], v, rtol=0, atol=1e-9)

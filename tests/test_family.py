@@ -149,3 +149,29 @@ def test_the_family_validation_benchmark_scores_rules_as_meta_training_did(tmp_p
     assert scores[family["run_dir"]] == pytest.approx(family["best_val_loss"], rel=1e-6)
     assert scores[plain["run_dir"]] != scores[family["run_dir"]]  # another rule, the same problems
     assert capsys.readouterr().out.count("layers=") >= 3  # the members it drew, named
+
+
+def test_validation_members_spread_over_every_value_of_every_key(make_cfg, idx_root):  # noqa: F811
+    task = build(make_cfg(*MNIST_TINY, f"data.root={idx_root}", FAMILY).task)
+    members = task.spread(8, np.random.default_rng(0))
+    for key, values in task.family.items():
+        counts = [sum(getattr(m, key) == v for m in members) for v in values]
+        assert min(counts) >= 1 and max(counts) - min(counts) <= 1, (key, counts)  # as even as 8 allows
+    pairs = {(m.layers, m.activation) for m in members}
+    assert len(pairs) > 3  # paired at random, not value i of every key together
+
+
+@pytest.mark.parametrize("how", ["spread", "random"])
+def test_the_validation_set_draws_its_members_as_configured(make_cfg, idx_root, how):  # noqa: F811
+    from l2lcli.bptt import validation_set
+    cfg = make_cfg(*MNIST_TINY, f"data.root={idx_root}", "task.family={layers:[1,2,3]}", "train.validation_batches=6",
+                   "train.validation_problems=2", f"train.validation_members={how}")
+    task = build(cfg.task)
+    batches, again = validation_set(task, cfg.train, seed=0), validation_set(task, cfg.train, seed=0)
+    assert [b.member for b in batches] == [b.member for b in again]  # the same set each time
+    assert all(torch.equal(a.params0[k], b.params0[k]) for a, b in zip(batches, again, strict=True) for k in a.params0)
+    depths = sorted(b.member for b in batches)
+    if how == "spread":
+        assert depths == sorted(f"layers={n}" for n in (1, 1, 2, 2, 3, 3))
+    else:  # each batch's own stream picks its member, as runs saved before the key did
+        assert depths == sorted(task.sample("validation", 2, 0, index=i, member=True).member for i in range(6))

@@ -160,6 +160,15 @@ class TaskFamily:
             return self
         return self._with({k: values[int(rng.integers(len(values)))] for k, values in self.family.items()})
 
+    def spread(self, n: int, rng: np.random.Generator) -> list[TaskFamily]:
+        """n members in which each value of each key appears as evenly as n allows, paired at random (a Latin
+        hypercube over the keys): a validation set that covers every depth and activation, which n random members
+        need not."""
+        if not self.family:
+            return [self] * n
+        picks = {k: rng.permutation(np.resize(np.arange(len(v)), n)) for k, v in self.family.items()}
+        return [self._with({k: v[int(picks[k][i])] for k, v in self.family.items()}) for i in range(n)]
+
     def members(self) -> list[TaskFamily]:
         """Every member of the family (the task itself when it has none)."""
         if not self.family:
@@ -180,11 +189,12 @@ class TaskFamily:
         """n problems drawn from `rng` on the CPU; `key` = (split, seed, index) names the batch's own streams."""
         raise NotImplementedError
 
-    def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu", member: bool = False
-               ) -> ProblemBatch:
-        """n problems of `split`, drawn from (seed, index); `member`: from a member of `family` drawn first."""
+    def sample(self, split: str, n: int, seed: int, index: int = 0, device="cpu",
+               member: bool | TaskFamily = False) -> ProblemBatch:
+        """n problems of `split`, drawn from (seed, index); `member`: from a member of `family` drawn first (True)
+        or this one (a member from `spread`)."""
         rng = problem_rng(split, seed, index)
-        task = self.member(rng) if member else self
+        task = member if isinstance(member, TaskFamily) else self.member(rng) if member else self
         batch = task.draw(split, n, rng, (split, seed, index)).to(device)
         if task is not self:
             batch.member = " ".join(f"{k}={getattr(task, k)}" for k in self.family)
