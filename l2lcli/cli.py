@@ -298,13 +298,21 @@ def pretrained_list(ctx: typer.Context):
                                                               c["data"].get("source", "").split(",")[0]))),
              "test ratio (95%)": f"{c['test']['ratio']:.3f} ({_span(c['test']['ratio_95'])})",
              "vs": f"{c['test']['best_baseline']} {c['test']['best_baseline_lr']:.3g}",
-             "meta-train": f"{c['meta_training']['seconds'] / 60:.0f} min"} for c in cards()]
+             "meta-train": _minutes(c["meta_training"])} for c in cards()]
     if not rows:
         out.print(f"no pretrained rules in {HERE}")
         return
     _table(pd.DataFrame(rows), "pretrained rules (ratio: mean final test loss / best tuned baseline's)")
     out.print(escape(f"use: l2l evaluate --pretrained NAME, or TorchOptimizer.pretrained(NAME, model); cards in "
                      f"{HERE}"), highlight=False, soft_wrap=True)
+
+
+def _minutes(meta: dict) -> str:
+    """A rule's meta-training time; a fine-tuned one's with the runs it started from."""
+    if not meta.get("init_from"):
+        return f"{meta['seconds'] / 60:.0f} min"
+    total = meta.get("seconds_with_init")
+    return f"{meta['seconds'] / 60:.0f} min ({f'{total / 60:.0f}' if total else '?'} with its start)"
 
 
 def _span(interval) -> str:

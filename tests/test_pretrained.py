@@ -43,6 +43,20 @@ def test_add_ships_an_experiments_rule_with_a_card_of_its_measured_figures(make_
         pretrained.add(ev["run_dir"], "no good", tmp_path)
 
 
+def test_a_fine_tuned_rules_card_counts_the_runs_it_started_from(make_cfg, tmp_path):
+    from l2lcli.commands import train
+    first = train.run(make_cfg())
+    r = experiment.run(make_cfg(f"train.init_from={first['run_dir']}"))
+    card = pretrained.add(r["evaluate"]["run_dir"], "tuned", tmp_path)["meta_training"]
+    assert card["init_from"] == [{"run": first["run_dir"], "seconds": first["seconds"]}]
+    assert card["seconds_with_init"] == pytest.approx(r["meta-train"]["seconds"] + first["seconds"])
+    again = experiment.run(make_cfg(f"train.init_from={tmp_path / 'tuned.pt'}"))  # from a shipped rule: its card
+    card = pretrained.add(again["evaluate"]["run_dir"], "twice", tmp_path)["meta_training"]
+    assert card["init_from"] == [{"run": str(tmp_path / "tuned.pt"), "seconds": pytest.approx(
+        r["meta-train"]["seconds"] + first["seconds"])}]
+    assert pretrained.card("twice", tmp_path)["meta_training"]["seconds_with_init"] > card["seconds"]
+
+
 def test_an_evaluation_without_swept_baselines_is_not_shipped(make_cfg, tmp_path):
     from l2lcli.commands import evaluate, train
     ckpt = train.run(make_cfg())["checkpoint"]

@@ -63,7 +63,7 @@ def add(evaluate_run: str | Path, name: str, folder: Path = HERE) -> dict:
         "data": train["data"], "code_version": ckpt["code_version"], "shipped": time.strftime("%Y-%m-%d"),
         "meta_training": {k: train[k] for k in ("seconds", "epochs", "best_epoch", "trajectories", "stop_reason",
                                                 "best_val_loss", "optimizee_steps_per_second")}
-        | {"threads": ckpt["config"].device.threads, "seed": ckpt["config"].seed},
+        | {"threads": ckpt["config"].device.threads, "seed": ckpt["config"].seed} | _lineage(ckpt, train["seconds"]),
         "test": {"problems": ev["problems"], "steps": ev["steps"], "eval_seed": eval_seed,
                  "final_loss": rule["final_loss"], "best_baseline": row["optimizer"], "best_baseline_lr": row["lr"],
                  "best_baseline_final_loss": row["final_loss"], "ratio": rule["ratio_to_best_baseline"],
@@ -75,6 +75,30 @@ def add(evaluate_run: str | Path, name: str, folder: Path = HERE) -> dict:
     write_bytes(folder / f"{name}.pt", buffer.getvalue())
     write_json(folder / f"{name}.json", info)
     return info
+
+
+def _lineage(ckpt: dict, seconds: float) -> dict:
+    """What a fine-tuned rule cost with the runs it started from (train.init_from, back to a rule trained from
+    scratch or to a shipped one, whose card counts its own): {init_from: [{run, seconds}], seconds_with_init}; the
+    total is null where a run of the chain is gone."""
+    chain, cfg = [], ckpt["config"]
+    while cfg.train.get("init_from"):
+        try:
+            prev = load_checkpoint(cfg.train.init_from)
+        except L2LError:
+            chain.append({"run": cfg.train.init_from, "seconds": None})
+            break
+        card_file = Path(prev["path"]).with_suffix(".json")
+        if card_file.is_file():  # a shipped rule
+            shipped = json.loads(card_file.read_text())["meta_training"]
+            chain.append({"run": str(prev["path"]), "seconds": shipped.get("seconds_with_init", shipped["seconds"])})
+            break
+        run = Path(prev["path"]).parent
+        chain.append({"run": str(run), "seconds": json.loads((run / "summary.json").read_text())["seconds"]
+                      if (run / "summary.json").is_file() else None})
+        cfg = prev["config"]
+    costs = [c["seconds"] for c in chain]
+    return {"init_from": chain, "seconds_with_init": None if None in costs else seconds + sum(costs)}
 
 
 def _summary(run: Path, command: str) -> dict:
