@@ -105,3 +105,39 @@ def test_the_smoke_recipe_is_tiny_on_every_task():
         cfg = compose([f"task={task}", "recipe=smoke"])
         assert cfg.task.steps <= 10 and cfg.train.max_epochs <= 2 and cfg.eval.problems <= 4
         assert cfg.sweep.lr_num == 2 and cfg.device.compile is False and cfg.train.time_limit is None
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["task=mnist"], ["task=mnist", "recipe=paper", "train.unroll=5", "seed=3"],
+    ["optimizer=lstm_gac", "optimizer.gac=3", "task=quadratic"], ["train.unroll=7", "task=cifar", "recipe=smoke"],
+    ["task=mnist", "recipe=family", "task.family={layers:[1,2]}"], ["optimizer.groups={solver:[theta]}"],
+    ["logger=[tensorboard,mlflow]", "device=auto"], ["task=art", "task.features.weights=random", "~train.grad_clip"],
+    ["optimizer=adam", "optimizer.lr=0.1", "optimizer=sgd"], ["eval.problems=8", "eval.problems=9"],
+])
+def test_compose_caches_the_defaults_tree_and_gives_what_hydra_gives(overrides):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from omegaconf import OmegaConf
+
+    from l2lcli import config
+    with initialize_config_module(config_module=config.CONFIG_MODULE, version_base="1.3"):
+        plain = hydra_compose(config_name="config", overrides=overrides)
+    for _ in range(2):  # the second from the cache; a first call's changes must not leak into it
+        cfg = config._hydra(overrides)
+        assert OmegaConf.to_container(cfg) == OmegaConf.to_container(plain)
+        assert OmegaConf.is_struct(cfg) == OmegaConf.is_struct(plain)
+        cfg.seed = 12345
+
+
+def test_a_bad_key_is_refused_as_hydra_refuses_it():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    from l2lcli import config
+    for bad in (["train.unrol=5"], ["task=mnist", "task.nosuch=1"], ["+seed=2"]):
+        with initialize_config_module(config_module=config.CONFIG_MODULE, version_base="1.3"):
+            with pytest.raises(Exception) as plain:
+                hydra_compose(config_name="config", overrides=bad)
+        with pytest.raises(Exception) as ours:
+            config._hydra(bad)
+        assert type(ours.value) is type(plain.value) and str(ours.value) == str(plain.value)
