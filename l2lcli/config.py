@@ -91,10 +91,12 @@ def _hydra(overrides: list[str]) -> DictConfig:
     0.2 s, so cached), then every other override applied to it in struct mode, as Hydra applies them."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     # Hydra's own rule (defaults_list.Overrides): a group's key with a non-dict value chooses from the group
-    chooses = [o.key_or_group in _group_dirs() and not isinstance(o.value(), dict) for o in parsed]
-    cfg = copy.deepcopy(_tree(tuple(o.input_line for o, c in zip(parsed, chooses, strict=True) if c)))
+    choices, keys = [], []
+    for o in parsed:
+        (choices if o.key_or_group in _group_dirs() and not isinstance(o.value(), dict) else keys).append(o)
+    cfg = copy.deepcopy(_tree(tuple(o.input_line for o in choices)))
     OmegaConf.set_struct(cfg, True)
-    ConfigLoaderImpl._apply_overrides_to_config([o for o, c in zip(parsed, chooses, strict=True) if not c], cfg)
+    ConfigLoaderImpl._apply_overrides_to_config(keys, cfg)
     return cfg
 
 

@@ -163,15 +163,15 @@ def rule_from(ckpt: dict, node=None, copies: dict | None = None):
     the checkpoint lacks as copies of ones it holds (e.g. a net for the first layer, from the hidden layers'); {} when
     fine-tuning, so a net it lacks is named in the error."""
     rule = build(node if node is not None else ckpt["config"].optimizer)
-    weights = dict(ckpt["weights"])
+    weights, nets = dict(ckpt["weights"]), list(getattr(rule, "nets", {}))
     saved = sorted({k.split(".")[1] for k in weights if k.startswith("nets.")})
     for net, source in (copies or {}).items():
-        if source not in saved or net not in getattr(rule, "nets", {}):
+        if source not in saved or net not in nets:
             raise L2LError(f"train.init_nets copies {source} into {net}: checkpoint '{ckpt['path']}' holds nets "
-                           f"{', '.join(saved)}, this optimizer's groups are {', '.join(getattr(rule, 'nets', {}))}")
-        weights.update({f"nets.{net}.{k[len(f'nets.{source}.'):]}": v for k, v in ckpt["weights"].items()
-                        if k.startswith(f"nets.{source}.")})
-    lacking = sorted(set(getattr(rule, "nets", {})) - set(saved) - set(copies or {}))
+                           f"{', '.join(saved)}, this optimizer's groups are {', '.join(nets)}")
+        prefix = f"nets.{source}."
+        weights.update({f"nets.{net}.{k[len(prefix):]}": v for k, v in ckpt["weights"].items() if k.startswith(prefix)})
+    lacking = sorted(set(nets) - set(saved) - set(copies or {}))
     if copies is not None and saved and lacking:  # fine-tuning into more groups than the checkpoint had
         raise L2LError(f"checkpoint '{ckpt['path']}' holds nets {', '.join(saved)}, not {', '.join(lacking)} of this "
                        f"optimizer's groups: start each as a copy, e.g. train.init_nets={{{lacking[0]}: {saved[0]}}}")

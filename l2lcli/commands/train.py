@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
     if setup.task.family and world.size > 1:  # each rank would draw its own member, and mix their running means
         raise L2LError("task.family meta-trains in one process: run it without torchrun, or set task.family=null")
     torch.manual_seed(cfg.seed)
-    if cfg.train.get("init_nets") and not cfg.train.init_from:
+    if tc.get("init_nets") and not tc.init_from:
         raise L2LError("train.init_nets copies nets of a checkpoint: give it one with --init-from RUN")
     from_trained = resumed is None and cfg.train.init_from  # a resumed run takes its weights from its own last.pt
     optimizer = (rule_from(load_checkpoint(tc.init_from), cfg.optimizer, tc.get("init_nets") or {})

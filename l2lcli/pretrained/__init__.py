@@ -94,8 +94,11 @@ def _lineage(ckpt: dict, seconds: float) -> dict:
             chain.append({"run": str(prev["path"]), "seconds": shipped.get("seconds_with_init", shipped["seconds"])})
             break
         run = Path(prev["path"]).parent
-        chain.append({"run": str(run), "seconds": json.loads((run / "summary.json").read_text())["seconds"]
-                      if (run / "summary.json").is_file() else None})
+        try:
+            seconds_here = _summary(run, "meta-train")["seconds"]
+        except L2LError:  # its folder holds no finished run: the cost is unknown, the chain goes on
+            seconds_here = None
+        chain.append({"run": str(run), "seconds": seconds_here})
         cfg = prev["config"]
     costs = [c["seconds"] for c in chain]
     return {"init_from": chain, "seconds_with_init": None if None in costs else seconds + sum(costs)}
