@@ -103,7 +103,18 @@ def _hydra(overrides: list[str]) -> DictConfig:
 @functools.lru_cache(maxsize=64)
 def _tree(choices: tuple[str, ...]) -> DictConfig:
     with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(choices))
+        cfg = hydra_compose(config_name="config", overrides=list(choices))
+        # a recipe may name the optimizer it was measured with (recipe.optimizer); Hydra lets only the primary config
+        # choose another group's option, so the choice is made here, where the command line names no optimizer
+        wanted = recipe_optimizer(cfg, choices)
+        return cfg if wanted in (None, cfg.optimizer.name) else hydra_compose(
+            config_name="config", overrides=[*choices, f"optimizer={wanted}"])
+
+
+def recipe_optimizer(cfg: DictConfig, overrides) -> str | None:
+    """The optimizer `cfg`'s recipe names for its task (recipe.optimizer), where `overrides` choose none."""
+    names = any(o.lstrip("+~").partition("=")[0] == "optimizer" for o in overrides)
+    return None if names else cfg.recipe.get("optimizer")
 
 
 @functools.lru_cache(maxsize=1)

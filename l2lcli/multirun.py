@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from . import runs
-from .config import CONFIG_MODULE, check, compose, is_hydra, quoted
+from .config import CONFIG_MODULE, check, compose, is_hydra, quoted, recipe_optimizer
 from .distributed import only_meta_train
 from .errors import L2LError, one_line
 from .loggers import PARENT, open_loggers
@@ -69,6 +69,7 @@ def run(command: str, overrides: list[str]) -> dict:
             raise L2LError(f"job {' '.join(job)}: {e}") from None
     first = compose(jobs[0])
     folder = Path(first.multirun.dir or Path(first.out_dir) / "multirun" / command / _digest(command, ours))
+    ours = [*ours, *_recipe_optimizer(jobs)]
     tasks = {compose(job).task.name for job in jobs}
     parent = open_loggers(first, "multirun", experiment=f"{command}/{first.task.name}" if len(tasks) == 1 else None)
     _mkdir(folder)
@@ -83,6 +84,18 @@ def run(command: str, overrides: list[str]) -> dict:
         parent.finish("FINISHED" if not failed else "FAILED")
     return {"command": "multirun", "of": command, "dir": str(folder), "jobs": len(jobs), "failed": failed,
             "table": index, "loggers": parent.report()}
+
+
+def _recipe_optimizer(jobs: list[list[str]]) -> list[str]:
+    """The optimizer the jobs' recipe names (recipe.optimizer), as an override: Hydra's launchers compose each job
+    themselves, without compose()'s choice of it."""
+    named = {recipe_optimizer(compose(job), job) for job in jobs}
+    if named == {None}:
+        return []
+    if len(named) > 1:
+        raise L2LError(f"the jobs' recipes use different optimizers ({', '.join(sorted(str(n) for n in named))}, "
+                       "None: the default lstm): name one with optimizer=NAME, or launch each task on its own")
+    return [f"optimizer={named.pop()}"]
 
 
 def _digest(command: str, overrides: list[str]) -> str:

@@ -83,7 +83,7 @@ FAMILY = maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 a
 
 RULES: dict[str, Rule] = {
     "seed": SEED, "out_dir": TEXT, "data.root": TEXT, "recipe.name": TEXT, "recipe.about": TEXT,
-    "recipe.tasks": list_of(TEXT),
+    "recipe.tasks": list_of(TEXT), "recipe.optimizer": TEXT,
     # tasks (a key a task family lacks is refused when the family is built)
     "task._target_": TEXT, "task.name": TEXT, "task.steps": whole(1), "task.preprocess": PREPROCESS,
     "task.output_scale": POSITIVE, "task.groups": GROUPS, "task.problem_inputs": FLAG,

@@ -43,9 +43,9 @@ def test_experiment_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     ev = next((tmp_path / "evaluate" / "quadratic").iterdir())
     summary = pd.read_csv(ev / "summary.csv")
-    printed = next(line for line in res.output.splitlines() if line.startswith("│ lstm "))
+    printed = next(line for line in res.output.splitlines() if line.startswith("│ lstm_gac "))
     assert f"{summary['ratio_to_best_baseline'].iloc[0]:.4g}" in printed  # the comparison the user reads
-    assert list(summary["optimizer"]) == ["lstm", "sgd", "rmsprop", "adam", "nag"]
+    assert list(summary["optimizer"]) == ["lstm_gac", "sgd", "rmsprop", "adam", "nag"]  # quadratics' recipe
     assert {"final_loss", "log10_final_loss", "ratio_to_best_baseline", "ms_per_step"} <= set(summary.columns)
     best_base = summary.loc[~summary["learned"], "final_loss"].min()
     assert summary["ratio_to_best_baseline"].iloc[0] == pytest.approx(summary["final_loss"].iloc[0] / best_base)
@@ -114,8 +114,8 @@ def test_init_from_starts_from_the_checkpoints_weights_with_its_optimizer_config
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
     cfg = (second / "config.yaml").read_text()
     assert "hidden: 8" in cfg and "unroll: 20" in cfg and str(first) in cfg
-    one_line_error(l2l("meta-train", "--init-from", str(first), "optimizer=lstm_gac", out=tmp_path),
-                   "cannot be used with optimizer=lstm_gac")
+    one_line_error(l2l("meta-train", "--init-from", str(first), "optimizer=lstm", out=tmp_path),
+                   "cannot be used with optimizer=lstm")
 
 
 @pytest.mark.parametrize("args, fragment", [
@@ -175,8 +175,8 @@ def test_corrupt_foreign_and_mismatched_checkpoints(tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
     one_line_error(l2l("evaluate", "--checkpoint", str(foreign), out=tmp_path), "not an l2l checkpoint")
-    one_line_error(l2l("evaluate", "--checkpoint", str(run), "optimizer=lstm_gac", out=tmp_path),
-                   "cannot be used with optimizer=lstm_gac")
+    one_line_error(l2l("evaluate", "--checkpoint", str(run), "optimizer=lstm", out=tmp_path),
+                   "cannot be used with optimizer=lstm")
 
 
 

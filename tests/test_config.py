@@ -9,7 +9,7 @@ from l2lcli.config import L2LError, baseline_config, check, compose, group_choic
 
 
 def test_defaults_compose_to_the_paper_quadratic():
-    cfg = compose()
+    cfg = compose(["recipe=paper"])
     assert cfg.task.name == "quadratic" and cfg.task.dim == 10 and cfg.task.steps == 100
     assert cfg.optimizer.name == "lstm" and cfg.optimizer.hidden == 20 and cfg.optimizer.layers == 2
     assert cfg.train.unroll == 20 and cfg.train.meta_loss == "sum" and cfg.train.second_derivatives is False
@@ -92,8 +92,10 @@ def test_each_task_defaults_to_its_best_recipe_and_the_paper_is_one_override_awa
     assert compose(["task=mnist", "train.meta_loss=sum"]).train.meta_loss == "sum"
     assert compose(["task=mnist", "optimizer=ntm_lbfgs"]).optimizer.groups == best.optimizer.groups
     assert best.optimizer.problem_inputs is True and paper.optimizer.problem_inputs is False
-    # quadratics: the best recipe measured is the paper's LSTM with each problem's inputs and more patience
+    # quadratics: the best recipe measured is LSTM+GAC with each problem's inputs and more patience
     q_best, q_paper = compose([]), compose(["recipe=paper"])
+    assert (q_best.optimizer.name, q_best.optimizer.gac, q_paper.optimizer.name, q_paper.optimizer.gac) == (
+        "lstm_gac", 2, "lstm", 0)
     assert q_best.optimizer.problem_inputs is True and q_paper.optimizer.problem_inputs is False
     assert (q_best.train.patience, q_paper.train.patience) == (20, 10)
     same = {k: v for k, v in q_best.items() if k not in ("recipe", "task", "optimizer", "train")}
@@ -122,11 +124,36 @@ def test_compose_caches_the_defaults_tree_and_gives_what_hydra_gives(overrides):
     from l2lcli import config
     with initialize_config_module(config_module=config.CONFIG_MODULE, version_base="1.3"):
         plain = hydra_compose(config_name="config", overrides=overrides)
+        wanted = config.recipe_optimizer(plain, overrides)  # tested on its own below
+        plain = hydra_compose(config_name="config", overrides=[*overrides, f"optimizer={wanted}"]) if wanted else plain
     for _ in range(2):  # the second from the cache; a first call's changes must not leak into it
         cfg = config._hydra(overrides)
         assert OmegaConf.to_container(cfg) == OmegaConf.to_container(plain)
         assert OmegaConf.is_struct(cfg) == OmegaConf.is_struct(plain)
         cfg.seed = 12345
+
+
+@pytest.mark.parametrize("overrides, name", [
+    ([], "lstm_gac"), (["seed=3", "optimizer.hidden=5"], "lstm_gac"), (["optimizer=lstm"], "lstm"),
+    (["optimizer=adam"], "adam"), (["optimizer=ntm_bfgs"], "ntm_bfgs"), (["recipe=paper"], "lstm"),
+    (["recipe=smoke"], "lstm"), (["task=mnist"], "lstm"), (["task=mnist", "optimizer=lstm_gac"], "lstm_gac"),
+])
+def test_a_recipe_names_its_optimizer_and_the_command_line_wins(overrides, name):
+    """recipe.optimizer (quadratics' best: lstm_gac) is the choice where the command line names none; the config is
+    Hydra's for that choice, key for key."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from omegaconf import OmegaConf
+
+    from l2lcli import config
+    cfg = config._hydra(overrides)
+    assert cfg.optimizer.name == name
+    with initialize_config_module(config_module=config.CONFIG_MODULE, version_base="1.3"):
+        plain = hydra_compose(config_name="config", overrides=[f"optimizer={name}", *overrides])
+    assert OmegaConf.to_container(cfg) == OmegaConf.to_container(plain)
+    # an optimizer.KEY override does not choose the optimizer; only optimizer=NAME does
+    assert config.recipe_optimizer(cfg, ["optimizer.gac=0"]) == cfg.recipe.get("optimizer")
+    assert config.recipe_optimizer(cfg, ["optimizer=lstm"]) is None
 
 
 def test_a_bad_key_is_refused_as_hydra_refuses_it():

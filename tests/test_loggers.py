@@ -146,7 +146,8 @@ def test_experiment_is_one_parent_run_with_a_child_per_command(job):
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert sorted(c.data.tags["l2l.command"] for c in children) == ["evaluate", "meta-train", "sweep-baselines"]
     summary = pd.read_csv(Path(r["evaluate"]["run_dir"]) / "summary.csv")
-    assert parent.data.metrics["final/lstm/final_loss"] == summary.loc[0, "final_loss"]  # the headline on top
+    headline = f"final/{summary.loc[0, 'optimizer']}/final_loss"
+    assert parent.data.metrics[headline] == summary.loc[0, "final_loss"]  # the headline on top
     assert parent.info.status == "FINISHED"
 
 

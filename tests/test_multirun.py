@@ -28,6 +28,8 @@ def test_a_job_per_combination_with_an_index_of_each_jobs_run_and_figures(tmp_pa
         assert row.best_val_loss == summary["best_val_loss"] and row.best_epoch == summary["best_epoch"]
         saved = OmegaConf.load(Path(row.run_dir) / "config.yaml")
         assert f"seed={saved.seed}" in row.overrides and f"train.meta_lr={saved.train.meta_lr}" in row.overrides
+        # quadratics' recipe names its optimizer; Hydra's launcher, composing each job itself, is told it
+        assert saved.optimizer.name == "lstm_gac" and "optimizer=lstm_gac" in row.overrides
         # the job's own command line, as `l2l report` quotes it
         assert (Path(row.run_dir) / "command.txt").read_text().startswith("l2l meta-train out_dir=")
         assert (Path(r["dir"]) / str(row.job) / ".hydra" / "overrides.yaml").is_file()  # Hydra's own record
@@ -53,6 +55,12 @@ def test_a_failed_job_is_recorded_and_the_others_finish(tmp_path):
     index = r["table"]
     assert index["status"].tolist() == ["finished", "failed"] and r["failed"] == 1
     assert "checkpoint '/no/such/run" in index["error"][1] and "not found" in index["error"][1]
+
+
+def test_jobs_whose_recipes_name_different_optimizers_must_name_one(tmp_path):
+    with pytest.raises(L2LError, match=r"recipes use different optimizers .*name one with optimizer=NAME"):
+        launch(tmp_path, "task=quadratic,mnist")
+    assert not (tmp_path / "out").exists()  # refused before any folder or job
 
 
 def test_a_bad_value_in_any_job_refuses_the_multirun_before_any_job_runs(tmp_path):

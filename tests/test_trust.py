@@ -131,7 +131,7 @@ def test_checkpoints_of_the_flat_layout_still_evaluate_and_resume(make_cfg):
     """A run saved before tasks/ and optimizers/ existed names its classes by their old paths and has no recipe."""
     import yaml
 
-    r = train.run(make_cfg("train.max_epochs=1"))
+    r = train.run(make_cfg("train.max_epochs=1", "optimizer=lstm"))  # the only learned optimizer then
     run = Path(r["run_dir"])
     old = {"l2lcli.tasks.quadratic.QuadraticFamily": "l2lcli.tasks.Quadratic",
            "l2lcli.optimizers.learned.LSTMOptimizer": "l2lcli.learned.LSTMOptimizer"}

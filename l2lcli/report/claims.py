@@ -22,7 +22,7 @@ class Claim:
 
 CLAIMS = (
     Claim("fig2", "Figure 2", "Quadratics (10-d, 100 steps): the LSTM beats SGD, RMSprop, ADAM and NAG, each tuned",
-          "better", "l2l experiment task=quadratic seed=S"),
+          "better", "l2l experiment task=quadratic optimizer=lstm seed=S"),
     Claim("fig4", "Figure 4", "MNIST MLP (784-20-10 sigmoid, 100 steps): the LSTM beats the tuned baselines",
           "better", "l2l experiment task=mnist seed=S"),
     Claim("fig4-200", "Figure 4", "MNIST, run for 200 steps (trained on 100): still better", "better",
@@ -50,9 +50,11 @@ CLAIMS = (
     Claim("fig8-style", "Figure 8", "Neural art with a new style: better", "better",
           "l2l generalize --checkpoint RUN generalize.figure=figure8"),
     Claim("appD-gac", "Appendix D", "LSTM+GAC on quadratics: better than the plain LSTM", "beats lstm",
-          "l2l experiment task=quadratic optimizer=lstm_gac seed=S; l2l experiment task=quadratic seed=S"),
+          "l2l experiment task=quadratic optimizer=lstm_gac seed=S; "
+          "l2l experiment task=quadratic optimizer=lstm seed=S"),
     Claim("appD-ntm", "Appendix D", "NTM-BFGS on quadratics: better than the plain LSTM", "beats lstm",
-          "l2l experiment task=quadratic optimizer=ntm_bfgs seed=S; l2l experiment task=quadratic seed=S"),
+          "l2l experiment task=quadratic optimizer=ntm_bfgs seed=S; "
+          "l2l experiment task=quadratic recipe=paper seed=S"),
     Claim("long-quad-1000", "beyond the paper", "Quadratics at 1,000 steps (trained on 100): reaches the loss, no "
           "blow-up, against baselines swept at 1,000 steps", "better",
           "l2l sweep-baselines task=quadratic eval.steps=1000; l2l evaluate --checkpoint RUN --baselines SWEEP "
