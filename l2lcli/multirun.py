@@ -89,12 +89,14 @@ def run(command: str, overrides: list[str]) -> dict:
 def _recipe_optimizer(jobs: list[list[str]]) -> list[str]:
     """The optimizer the jobs' recipe names (recipe.optimizer), as an override: Hydra's launchers compose each job
     themselves, without compose()'s choice of it."""
-    named = {recipe_optimizer(compose(job), job) for job in jobs}
+    cfgs = [compose(job) for job in jobs]
+    named = {recipe_optimizer(cfg, job) for cfg, job in zip(cfgs, jobs, strict=True)}
     if named == {None}:
         return []
     if len(named) > 1:
-        raise L2LError(f"the jobs' recipes use different optimizers ({', '.join(sorted(str(n) for n in named))}, "
-                       "None: the default lstm): name one with optimizer=NAME, or launch each task on its own")
+        used = ", ".join(sorted({cfg.optimizer.name for cfg in cfgs}))
+        raise L2LError(f"the jobs' recipes use different optimizers ({used}): name one with optimizer=NAME, or "
+                       "launch each task on its own")
     return [f"optimizer={named.pop()}"]
 
 

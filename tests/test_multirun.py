@@ -58,7 +58,8 @@ def test_a_failed_job_is_recorded_and_the_others_finish(tmp_path):
 
 
 def test_jobs_whose_recipes_name_different_optimizers_must_name_one(tmp_path):
-    with pytest.raises(L2LError, match=r"recipes use different optimizers .*name one with optimizer=NAME"):
+    with pytest.raises(L2LError, match=r"recipes use different optimizers \(lstm, lstm_gac\): name one with "
+                       r"optimizer=NAME"):
         launch(tmp_path, "task=quadratic,mnist")
     assert not (tmp_path / "out").exists()  # refused before any folder or job
 
