@@ -190,11 +190,9 @@ def check(cfg: DictConfig, command: str) -> None:
     if cfg.optimizer.get("update_from") == "read" and cfg.optimizer.get("output", "linear") != "linear":
         raise L2LError(f"optimizer.output={cfg.optimizer.output} shapes a read-out that optimizer.update_from=read "
                        "does not use (the update is the memory's read): use optimizer.update_from=controller")
-    if "read_heads" in cfg.optimizer and (cfg.optimizer.get("preprocess") == "moments"
-                                          or cfg.optimizer.get("problem_inputs")):
-        raise L2LError("optimizer.preprocess=moments and optimizer.problem_inputs=true are for the LSTM optimizers "
-                       "(an NTM's reads go through its preprocessing too): use preprocess none or log_sign and "
-                       "problem_inputs=false with optimizer=" + cfg.optimizer.name)
+    if "read_heads" in cfg.optimizer and cfg.optimizer.get("preprocess") == "moments":
+        raise L2LError("optimizer.preprocess=moments is for the LSTM optimizers (an NTM's reads go through its "
+                       "preprocessing too): use preprocess none or log_sign with optimizer=" + cfg.optimizer.name)
     if "conv_layers" in cfg.task:  # each conv layer halves the image: at least one pixel must be left
         side = min(SHAPES[cfg.task.dataset][1:])
         if side >> cfg.task.conv_layers < 1:

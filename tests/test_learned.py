@@ -254,7 +254,8 @@ def test_cell_backward_is_autograds(fused):
 
 @pytest.mark.parametrize("overrides", [["task.problem_inputs=true"],
                                        ["task.problem_inputs=false", "task.preprocess=moments"],
-                                       ["task.problem_inputs=true", "task.preprocess=moments", "optimizer=lstm_gac"]])
+                                       ["task.problem_inputs=true", "task.preprocess=moments", "optimizer=lstm_gac"],
+                                       ["optimizer=ntm_bfgs", "optimizer.problem_inputs=true"]])
 def test_stateful_inputs_meta_train_and_evaluate_from_the_cli_config(make_cfg, overrides):
     """Meta-training and evaluation run with the new inputs, and the checkpoint rebuilds the same rule."""
     from l2lcli.commands import evaluate, train
@@ -282,7 +283,9 @@ def test_a_checkpoint_saved_before_problem_inputs_keeps_them_off(make_cfg, tmp_p
     assert evaluate.run(cfg)["rows"][0]["final_loss"] > 0
 
 
-def test_ntms_refuse_stateful_inputs_and_recipes_do_not_give_them_any(make_cfg):
+def test_ntms_take_problem_inputs_only_when_asked_and_refuse_moments(make_cfg):
+    """A recipe's problem inputs do not reach the NTMs (their rules were measured without); optimizer.problem_inputs
+    gives the controller the LSTM's five more inputs; moments, which their reads would go through, are refused."""
     from l2lcli.config import check
     from l2lcli.optimizers.ntm import NTMController
     for task in ("quadratic", "mnist"):  # whose best recipes turn problem inputs on for the LSTMs
@@ -290,11 +293,18 @@ def test_ntms_refuse_stateful_inputs_and_recipes_do_not_give_them_any(make_cfg):
             cfg = make_cfg(f"task={task}", f"optimizer={name}")
             check(cfg, "meta-train")
             assert cfg.optimizer.problem_inputs is False
-    for bad in ("optimizer.problem_inputs=true", "task.preprocess=moments"):
-        with pytest.raises(L2LError, match="for the LSTM optimizers"):
-            check(make_cfg("optimizer=ntm_lbfgs", bad), "meta-train")
-    with pytest.raises(ValueError, match="stateless inputs"):
-        NTMController(problem_inputs=True)
+    with pytest.raises(L2LError, match="moments is for the LSTM optimizers"):
+        check(make_cfg("optimizer=ntm_lbfgs", "task.preprocess=moments"), "meta-train")
+    with pytest.raises(ValueError, match="stateless gradient features"):
+        NTMController(preprocess="moments")
+    plain, asked = NTMController(preprocess="log_sign"), NTMController(preprocess="log_sign", problem_inputs=True)
+    assert (plain.cells[0].input_size, asked.cells[0].input_size) == (4, 9)  # (g, 1 read) x 2 features, + 5
+    g = torch.randn(2, 6)
+    state = asked.init_state(2, 6, g.device, g.dtype)
+    update, after = asked(g, state)
+    assert set(after) == {"lstm", "read", "memory", "problem"}
+    torch.testing.assert_close(after["problem"]["g"], g)  # what the next step's shared inputs compare against
+    torch.testing.assert_close(after["problem"]["u"], update / asked.scale)  # the update, in read-out units
 
 
 def test_problem_inputs_see_the_update_made_in_read_out_units():

@@ -21,9 +21,13 @@ def _run(opt, grads, N, n):
     return params["w"], state
 
 
-@pytest.mark.parametrize("name", ["lstm_gac", "ntm_bfgs", "ntm_lbfgs"])
-def test_permuting_coordinates_permutes_updates(make_cfg, name):
-    opt = _opt(make_cfg, name)
+PROBLEM = "optimizer.problem_inputs=true"  # an NTM's controller with the LSTM's problem inputs (asked for by name)
+
+
+@pytest.mark.parametrize("name, extra", [("lstm_gac", []), ("ntm_bfgs", []), ("ntm_lbfgs", []),
+                                         ("ntm_bfgs", [PROBLEM]), ("ntm_lbfgs", [PROBLEM])])
+def test_permuting_coordinates_permutes_updates(make_cfg, name, extra):
+    opt = _opt(make_cfg, name, *extra)
     grads = [torch.randn(2, 9) for _ in range(4)]
     perm = torch.randperm(9)
     out, _ = _run(opt, grads, 2, 9)
@@ -31,9 +35,9 @@ def test_permuting_coordinates_permutes_updates(make_cfg, name):
     torch.testing.assert_close(out_p, out[:, perm], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["lstm_gac", "ntm_bfgs"])
-def test_problems_in_a_batch_stay_separate(make_cfg, name):
-    opt = _opt(make_cfg, name)
+@pytest.mark.parametrize("name, extra", [("lstm_gac", []), ("ntm_bfgs", []), ("ntm_bfgs", [PROBLEM])])
+def test_problems_in_a_batch_stay_separate(make_cfg, name, extra):
+    opt = _opt(make_cfg, name, *extra)
     grads = [torch.randn(3, 6) for _ in range(3)]
     both, _ = _run(opt, grads, 3, 6)
     alone, _ = _run(opt, [g[2:] for g in grads], 1, 6)
@@ -58,11 +62,11 @@ def test_zero_gacs_is_the_plain_lstm(make_cfg):
     torch.testing.assert_close(_run(gac0, grads, 2, 5)[0], _run(plain, grads, 2, 5)[0])
 
 
-@pytest.mark.parametrize("update", ["read", "controller"])
-def test_lbfgs_history_covering_every_write_equals_the_dense_memory(make_cfg, update):
-    dense = _opt(make_cfg, "ntm_bfgs", f"optimizer.update_from={update}")
+@pytest.mark.parametrize("update, extra", [("read", []), ("controller", []), ("read", [PROBLEM])])
+def test_lbfgs_history_covering_every_write_equals_the_dense_memory(make_cfg, update, extra):
+    dense = _opt(make_cfg, "ntm_bfgs", f"optimizer.update_from={update}", *extra)
     history = _opt(make_cfg, "ntm_lbfgs", "optimizer.history=15",  # 5 steps x 3 write heads
-                   f"optimizer.update_from={update}")
+                   f"optimizer.update_from={update}", *extra)
     history.load_state_dict(dense.state_dict())
     grads = [torch.randn(2, 8) for _ in range(5)]
     a, sa = _run(dense, grads, 2, 8)

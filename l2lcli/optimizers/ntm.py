@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import L2LError
 from .lstm import CoordinatewiseLSTM
-from .preprocess import preprocess
+from .preprocess import ProblemInputs, preprocess
 
 
 class NTMController(CoordinatewiseLSTM):
@@ -16,6 +16,7 @@ class NTMController(CoordinatewiseLSTM):
     Per problem with n coordinates (all quantities coordinatewise, the controller's weights shared):
 
         x_t   = [pre(g_t), pre(m_{t-1}^1), ..., pre(m_{t-1}^R)]       features of gradient and last read results
+                (+ the problem's inputs, `problem_inputs`: as the LSTM's, from g and the last update)
         h_t   = LSTM+GAC(x_t, h_{t-1})                                  (`gac` averaged cells per layer)
         a_t^j = w_a^j . h_t,  b_t^j = w_b^j . h_t,  j = 1..W            write vectors (one entry per coordinate)
         r_t^k = w_r^k . h_t,  k = 1..R                                  read vectors
@@ -41,11 +42,13 @@ class NTMController(CoordinatewiseLSTM):
         self.reads, self.writes, self.history, self.max_memory = read_heads, write_heads, history, max_memory_floats
         self.from_read = update_from == "read"  # the default "controller" is what checkpoints without the key trained
         super().__init__(**kw)
-        if self.stateful:
-            raise ValueError("NTM controllers take stateless inputs: preprocess none or log_sign, no problem_inputs")
+        if self.moments is not None:
+            raise ValueError("NTM controllers take stateless gradient features (their reads go through the same "
+                             "preprocessing): preprocess none or log_sign")
         if self.from_read:
             self.out = None  # the update is the read result: no read-out layer
-        features = self.cells[0].input_size * (1 + read_heads)
+        problem = ProblemInputs.count if self.problem is not None else 0
+        features = (self.cells[0].input_size - problem) * (1 + read_heads) + problem
         self.cells[0] = nn.LSTMCell(features, self.hidden)
         with torch.no_grad():
             self.cells[0].bias_ih[self.hidden : 2 * self.hidden].fill_(1.0)
@@ -69,13 +72,17 @@ class NTMController(CoordinatewiseLSTM):
                 memory += torch.eye(n, device=device, dtype=dtype)
         else:
             memory = (z.new_zeros(N, n, 0), z.new_zeros(N, n, 0))
-        return {"lstm": super().init_state(N, n, device, dtype), "read": z.new_zeros(N, n, self.reads),
-                "memory": memory}
+        lstm = super().init_state(N, n, device, dtype)
+        state = {"lstm": lstm, "read": z.new_zeros(N, n, self.reads), "memory": memory}
+        return {**state, "lstm": lstm["lstm"], "problem": lstm["problem"]} if self.problem is not None else state
 
     def forward(self, g, state):
         N, n = g.shape
         inputs = torch.cat([g.unsqueeze(0), state["read"].permute(2, 0, 1)], 0).reshape(1 + self.reads, -1)
-        x, lstm = self.stack(preprocess(inputs, self.kind, self.p, dim=1).reshape(-1, N * n), state["lstm"], N)
+        x = preprocess(inputs, self.kind, self.p, dim=1).reshape(-1, N * n)
+        if self.problem is not None:
+            x = torch.cat([x, self.problem(g, state["problem"])], 0)
+        x, lstm = self.stack(x, state["lstm"], N)
         heads = self.linear(self.heads, x).view(-1, N, n).permute(1, 2, 0)
         r, a, b = heads.split([self.reads, self.writes, self.writes], -1)
         if self.history is None:
@@ -89,4 +96,7 @@ class NTMController(CoordinatewiseLSTM):
             if self.from_read:
                 read = read + r                                     # M_0 = I
         update = read[..., 0] * self.scale if self.from_read else self.readout(x).view(N, n)
-        return update, {"lstm": lstm, "read": read, "memory": memory}
+        new = {"lstm": lstm, "read": read, "memory": memory}
+        if self.problem is not None:
+            new["problem"] = self.problem.next_state(g, update / self.scale)  # in the read-out's units
+        return update, new
