@@ -10,7 +10,9 @@ import re
 from hydra import compose as hydra_compose
 from hydra import initialize_config_module
 from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.singleton import Singleton
 from hydra.errors import HydraException, InstantiationException, MissingConfigException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -66,6 +68,9 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
     for o in overrides:
         key, _, value = o.partition("=")
         key = key.lstrip("+~")
+        if key == "recipe.optimizer":
+            raise L2LError(f"{o}: recipe.optimizer is what a recipe names for its task; choose the optimizer with "
+                           "optimizer=NAME")
         many = key in MANY and value.startswith("[") and value.endswith("]")
         for choice in value[1:-1].split(",") if many else [value] if key in GROUPS and value else []:
             if choice.strip() not in group_choices(key):
@@ -102,18 +107,26 @@ def _hydra(overrides: list[str]) -> DictConfig:
 
 @functools.lru_cache(maxsize=64)
 def _tree(choices: tuple[str, ...]) -> DictConfig:
-    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(choices))
-        # a recipe may name the optimizer it was measured with (recipe.optimizer); Hydra lets only the primary config
-        # choose another group's option, so the choice is made here, where the command line names no optimizer
-        wanted = recipe_optimizer(cfg, choices)
-        return cfg if wanted in (None, cfg.optimizer.name) else hydra_compose(
-            config_name="config", overrides=[*choices, f"optimizer={wanted}"])
+    # inside a multirun's job Hydra is initialized already (its launcher's config): set aside, then put back
+    launcher = Singleton._instances.pop(GlobalHydra, None)
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = hydra_compose(config_name="config", overrides=list(choices))
+            # a recipe may name the optimizer it was measured with (recipe.optimizer); Hydra lets only the primary
+            # config choose another group's option, so the choice is made here, where the command line names none
+            wanted = recipe_optimizer(cfg, choices)
+            return cfg if wanted in (None, cfg.optimizer.name) else hydra_compose(
+                config_name="config", overrides=[*choices, f"optimizer={wanted}"])
+    finally:
+        if launcher is not None:
+            Singleton._instances[GlobalHydra] = launcher
 
 
 def recipe_optimizer(cfg: DictConfig, overrides) -> str | None:
-    """The optimizer `cfg`'s recipe names for its task (recipe.optimizer), where `overrides` choose none."""
-    names = any(o.lstrip("+~").partition("=")[0] == "optimizer" for o in overrides)
+    """The optimizer `cfg`'s recipe names for its task (recipe.optimizer), where `overrides` choose none (Hydra's
+    rule: optimizer=NAME chooses, optimizer={key: value} only changes keys)."""
+    names = any(o.key_or_group == "optimizer" and not isinstance(o.value(), dict)
+                for o in OverridesParser.create().parse_overrides(list(overrides)))
     return None if names else cfg.recipe.get("optimizer")
 
 

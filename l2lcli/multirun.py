@@ -69,7 +69,6 @@ def run(command: str, overrides: list[str]) -> dict:
             raise L2LError(f"job {' '.join(job)}: {e}") from None
     first = compose(jobs[0])
     folder = Path(first.multirun.dir or Path(first.out_dir) / "multirun" / command / _digest(command, ours))
-    ours = [*ours, *_recipe_optimizer(jobs)]
     tasks = {compose(job).task.name for job in jobs}
     parent = open_loggers(first, "multirun", experiment=f"{command}/{first.task.name}" if len(tasks) == 1 else None)
     _mkdir(folder)
@@ -84,20 +83,6 @@ def run(command: str, overrides: list[str]) -> dict:
         parent.finish("FINISHED" if not failed else "FAILED")
     return {"command": "multirun", "of": command, "dir": str(folder), "jobs": len(jobs), "failed": failed,
             "table": index, "loggers": parent.report()}
-
-
-def _recipe_optimizer(jobs: list[list[str]]) -> list[str]:
-    """The optimizer the jobs' recipe names (recipe.optimizer), as an override: Hydra's launchers compose each job
-    themselves, without compose()'s choice of it."""
-    cfgs = [compose(job) for job in jobs]
-    named = {recipe_optimizer(cfg, job) for cfg, job in zip(cfgs, jobs, strict=True)}
-    if named == {None}:
-        return []
-    if len(named) > 1:
-        used = ", ".join(sorted({cfg.optimizer.name for cfg in cfgs}))
-        raise L2LError(f"the jobs' recipes use different optimizers ({used}): name one with optimizer=NAME, or "
-                       "launch each task on its own")
-    return [f"optimizer={named.pop()}"]
 
 
 def _digest(command: str, overrides: list[str]) -> str:
@@ -151,6 +136,8 @@ def _job(command: str, parents: dict, jobs: int, cfg: DictConfig) -> dict:
     write_json(folder / JOB, record)
     token = PARENT.set(parents)
     try:
+        if recipe_optimizer(cfg, overrides) not in (None, cfg.optimizer.name):
+            cfg = compose(overrides)  # Hydra's launcher composed the job without compose()'s choice of it
         results = runner(command)(_job_config(cfg, hc, jobs))
         record.update(status="finished", run_dir=_run_dir(results), **headline(command, results))
         if results.get("stop_reason") == "interrupted" or "evaluate" not in results and command == "experiment":

@@ -103,7 +103,7 @@ def test_validation_split_compares_checkpoints_without_the_test_problems(tmp_pat
 
 
 def test_init_from_starts_from_the_checkpoints_weights_with_its_optimizer_config(tmp_path):
-    assert l2l("meta-train", "optimizer.hidden=8", out=tmp_path).exit_code == 0
+    assert l2l("meta-train", "optimizer=lstm", "optimizer.hidden=8", out=tmp_path).exit_code == 0
     first = next((tmp_path / "meta-train" / "quadratic").iterdir())
     # a negligible meta-lr: the second run keeps the weights it started from (Adam moves each by ~lr per step);
     # ignoring --init-from would leave it with a fresh initialisation, far from the trained weights
@@ -114,8 +114,9 @@ def test_init_from_starts_from_the_checkpoints_weights_with_its_optimizer_config
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-9) for k in a)
     cfg = (second / "config.yaml").read_text()
     assert "hidden: 8" in cfg and "unroll: 20" in cfg and str(first) in cfg
-    one_line_error(l2l("meta-train", "--init-from", str(first), "optimizer=lstm", out=tmp_path),
-                   "cannot be used with optimizer=lstm")
+    assert "name: lstm\n" in cfg  # the checkpoint's optimizer, not the one quadratics' recipe names (lstm_gac)
+    one_line_error(l2l("meta-train", "--init-from", str(first), "optimizer=lstm_gac", out=tmp_path),
+                   "cannot be used with optimizer=lstm_gac")
 
 
 @pytest.mark.parametrize("args, fragment", [

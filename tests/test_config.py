@@ -28,6 +28,7 @@ def test_group_choices_are_read_from_the_shipped_conf():
     ("train.unrol=5", "train.unrol"),
     ("justaword", "malformed override"),
     ("train.unroll=[", "bad override"),
+    ("recipe.optimizer=lstm", "choose the optimizer with optimizer=NAME"),  # what the recipe names, not a choice
 ])
 def test_bad_overrides_raise_one_clear_line(override, fragment):
     with pytest.raises(L2LError) as e:
@@ -137,6 +138,7 @@ def test_compose_caches_the_defaults_tree_and_gives_what_hydra_gives(overrides):
     ([], "lstm_gac"), (["seed=3", "optimizer.hidden=5"], "lstm_gac"), (["optimizer=lstm"], "lstm"),
     (["optimizer=adam"], "adam"), (["optimizer=ntm_bfgs"], "ntm_bfgs"), (["recipe=paper"], "lstm"),
     (["recipe=smoke"], "lstm"), (["task=mnist"], "lstm"), (["task=mnist", "optimizer=lstm_gac"], "lstm_gac"),
+    (["optimizer={hidden:8}"], "lstm_gac"),  # Hydra's rule: a dict for a group changes its keys, chooses nothing
 ])
 def test_a_recipe_names_its_optimizer_and_the_command_line_wins(overrides, name):
     """recipe.optimizer (quadratics' best: lstm_gac) is the choice where the command line names none; the config is
@@ -151,9 +153,10 @@ def test_a_recipe_names_its_optimizer_and_the_command_line_wins(overrides, name)
     with initialize_config_module(config_module=config.CONFIG_MODULE, version_base="1.3"):
         plain = hydra_compose(config_name="config", overrides=[f"optimizer={name}", *overrides])
     assert OmegaConf.to_container(cfg) == OmegaConf.to_container(plain)
-    # an optimizer.KEY override does not choose the optimizer; only optimizer=NAME does
-    assert config.recipe_optimizer(cfg, ["optimizer.gac=0"]) == cfg.recipe.get("optimizer")
-    assert config.recipe_optimizer(cfg, ["optimizer=lstm"]) is None
+    # optimizer.KEY and optimizer={KEY: ...} do not choose the optimizer; only optimizer=NAME does
+    for keys in (["optimizer.gac=0"], ["optimizer={gac:0}"]):
+        assert config.recipe_optimizer(config._hydra([]), keys) == "lstm_gac"
+    assert config.recipe_optimizer(config._hydra([]), ["optimizer=lstm"]) is None
 
 
 def test_a_bad_key_is_refused_as_hydra_refuses_it():

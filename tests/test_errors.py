@@ -39,8 +39,12 @@ def _bad_overrides():
         if cfg is None:
             continue
         for raw in BAD:
-            value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}", f"recipe={cfg.recipe.name}",
-                             "logger=many", f"{path}={raw}"])
+            try:
+                value = compose([f"task={cfg.task.name}", f"optimizer={cfg.optimizer.name}",
+                                 f"recipe={cfg.recipe.name}", "logger=many", f"{path}={raw}"])
+            except L2LError:  # refused as it is composed (recipe.optimizer: the recipe's, not the command line's)
+                cases.append((cfg.task.name, cfg.optimizer.name, path, raw, cfg.recipe.name))
+                break
             if not rule.ok(dict(leaves(value))[path]):
                 cases.append((cfg.task.name, cfg.optimizer.name, path, raw, cfg.recipe.name))
                 break
@@ -56,9 +60,9 @@ def test_the_bad_values_reach_every_rule():
 
 @pytest.mark.parametrize("task, optimizer, path, raw, recipe", CASES, ids=[c[2] for c in CASES])
 def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optimizer, path, raw, recipe):
-    cfg = compose([f"task={task}", f"optimizer={optimizer}", f"recipe={recipe}", "logger=many", f"{path}={raw}"])
     with pytest.raises(L2LError) as e:
-        check(cfg, "evaluate")
+        check(compose([f"task={task}", f"optimizer={optimizer}", f"recipe={recipe}", "logger=many", f"{path}={raw}"]),
+              "evaluate")
     assert str(e.value).startswith(f"{path}=") and "\n" not in str(e.value)
 
 

@@ -167,9 +167,9 @@ def _problems(run_dir: str) -> tuple[dict, tuple]:
 def against_lstm(kept: pd.DataFrame) -> pd.DataFrame:
     """Appendix D's rows with their ratio to the plain LSTM of the same seed and the same inputs on the very same
     problems (`vs_lstm`; task, split, seed, count and steps compared as for a sweep), and its paired bootstrap
-    interval over those problems: the same function as every other interval. An NTM takes no problem inputs, so it
-    meets the paper's LSTM, LSTM+GAC the LSTM of its recipe. Rows with no such LSTM, or without per-problem losses
-    on either side, keep NaN."""
+    interval over those problems: the same function as every other interval. The LSTM is matched by inputs: an
+    NTM without problem inputs meets the paper's LSTM, one with them (or LSTM+GAC) the LSTM of its recipe. Rows with
+    no such LSTM, or without per-problem losses on either side, keep NaN."""
     kept = kept.assign(vs_lstm=math.nan, vs_lstm_low=math.nan, vs_lstm_high=math.nan, lstm_run="")
     if kept.empty:
         return kept
@@ -352,7 +352,9 @@ def markdown(table: pd.DataFrame, kept: pd.DataFrame, figures: Path, root: Path,
             src = Path(m.figure)
             if src.is_file():
                 figures.mkdir(parents=True, exist_ok=True)
-                dst = figures / f"{r.claim}-seed{m.seed}-{m.recipe}-{src.name}"  # recipes of one seed apart
+                # one file per run: a seed's recipes, and its evaluations on other problems, each kept apart
+                dst = figures / f"{r.claim}-seed{m.seed}-{m.recipe}-{Path(m.run_dir).name}-{src.name}"
                 shutil.copyfile(src, dst)
-                lines += ["", f"![{r.claim}, seed {m.seed}, recipe {m.recipe}]({dst.relative_to(root)})"]
+                lines += ["", f"![{r.claim}, seed {m.seed}, recipe {m.recipe}, {m.problems} problems of eval seed "
+                              f"{m.eval_seed}]({dst.relative_to(root)})"]
     return "\n".join(lines) + "\n"
