@@ -94,11 +94,9 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
 def _hydra(overrides: list[str]) -> DictConfig:
     """Hydra's compose, in Hydra's two stages: the defaults tree from the group choices (task=mnist: YAML files,
     0.2 s, so cached), then every other override applied to it in struct mode, as Hydra applies them."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    # Hydra's own rule (defaults_list.Overrides): a group's key with a non-dict value chooses from the group
     choices, keys = [], []
-    for o in parsed:
-        (choices if o.key_or_group in _group_dirs() and not isinstance(o.value(), dict) else keys).append(o)
+    for o in OverridesParser.create().parse_overrides(overrides):
+        (choices if _chooses(o) else keys).append(o)
     cfg = copy.deepcopy(_tree(tuple(o.input_line for o in choices)))
     OmegaConf.set_struct(cfg, True)
     ConfigLoaderImpl._apply_overrides_to_config(keys, cfg)
@@ -123,11 +121,16 @@ def _tree(choices: tuple[str, ...]) -> DictConfig:
 
 
 def recipe_optimizer(cfg: DictConfig, overrides) -> str | None:
-    """The optimizer `cfg`'s recipe names for its task (recipe.optimizer), where `overrides` choose none (Hydra's
-    rule: optimizer=NAME chooses, optimizer={key: value} only changes keys)."""
-    names = any(o.key_or_group == "optimizer" and not isinstance(o.value(), dict)
+    """The optimizer `cfg`'s recipe names for its task (recipe.optimizer), where `overrides` choose none."""
+    names = any(_chooses(o) and o.key_or_group == "optimizer"
                 for o in OverridesParser.create().parse_overrides(list(overrides)))
     return None if names else cfg.recipe.get("optimizer")
+
+
+def _chooses(override) -> bool:
+    """Hydra's own rule (defaults_list.Overrides): a group's key with a non-dict value chooses from the group;
+    optimizer={key: value} only changes keys."""
+    return override.key_or_group in _group_dirs() and not isinstance(override.value(), dict)
 
 
 @functools.lru_cache(maxsize=1)
