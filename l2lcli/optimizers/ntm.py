@@ -72,9 +72,8 @@ class NTMController(CoordinatewiseLSTM):
                 memory += torch.eye(n, device=device, dtype=dtype)
         else:
             memory = (z.new_zeros(N, n, 0), z.new_zeros(N, n, 0))
-        lstm = super().init_state(N, n, device, dtype)
-        state = {"lstm": lstm, "read": z.new_zeros(N, n, self.reads), "memory": memory}
-        return {**state, "lstm": lstm["lstm"], "problem": lstm["problem"]} if self.problem is not None else state
+        lstm = super().init_state(N, n, device, dtype)  # with problem inputs already {"lstm", "problem"}
+        return {**(lstm if self.stateful else {"lstm": lstm}), "read": z.new_zeros(N, n, self.reads), "memory": memory}
 
     def forward(self, g, state):
         N, n = g.shape
