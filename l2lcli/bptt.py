@@ -88,18 +88,43 @@ def eager_loss_and_grads(problems, params: dict, t: int, second_derivatives: boo
     return loss_and_grads(problems, params, t, retain_graph=True, create_graph=second_derivatives)
 
 
+class Imitation:
+    """Regression of the rule's updates on a hand-designed optimizer's (`teacher`), added to the meta-loss early
+    in meta-training (Chen et al. 2020): the teacher follows the rule's own trajectory, seeing the same gradients,
+    and each step adds `weight` x the squared error of the rule's update relative to the teacher's (per problem,
+    over all its coordinates, averaged over problems), a term blind to the scale of the updates."""
+
+    def __init__(self, teacher, weight: float):
+        self.teacher, self.weight, self.state = teacher, weight, None
+
+    def start(self, params: dict, kinds=None) -> None:
+        self.state = self.teacher.init_state(params, kinds)
+
+    def term(self, params: dict, new: dict, grads: dict) -> torch.Tensor:
+        """This step's share; advances the teacher's state (`params` before the rule's step, `new` after it)."""
+        at = {k: p.detach() for k, p in params.items()}
+        target, self.state = self.teacher.step(at, grads, self.state)
+        err = sum(((new[k] - params[k]) - (target[k] - at[k])).flatten(1).square().sum(1) for k in params)
+        size = sum((target[k] - at[k]).flatten(1).square().sum(1) for k in params)
+        return self.weight * (err / size.clamp_min(1e-30)).mean()
+
+
 def unroll(problems, optimizer, params, state, grads, steps: list, scales: torch.Tensor, kind: str, ends: bool,
-           second_derivatives: bool, step_fn=eager_loss_and_grads):
+           second_derivatives: bool, step_fn=eager_loss_and_grads, imitation: Imitation | None = None):
     """One truncation: an optimizee step for each of `steps` (what `step_fn` needs: t, or a traced step's inputs).
 
     Returns the meta-loss, each step's mean loss [n] (detached), and the parameters, state and gradients after.
     `scales` are the running mean losses that `relative` divides by (NaN: not known yet, the step's own loss);
     `ends`: the last step is the trajectory's. A function of tensors, so torch.compile can take it whole, forward
-    and backward: one graph instead of hundreds of small operations per step.
+    and backward: one graph instead of hundreds of small operations per step (not with an `imitation`, which
+    keeps its teacher's state in Python).
     """
     total, means = 0.0, []
     for i, step in enumerate(steps):
-        params, state = optimizer.step(params, grads, state)
+        new, state = optimizer.step(params, grads, state)
+        if imitation is not None:
+            total = total + imitation.term(params, new, grads)
+        params = new
         params, loss, grads = step_fn(problems, params, step, second_derivatives)
         mean = loss.detach().mean()
         scale = torch.where(scales[i].isnan(), torch.where(mean.isfinite(), mean, torch.ones_like(mean)), scales[i])
@@ -110,7 +135,8 @@ def unroll(problems, optimizer, params, state, grads, steps: list, scales: torch
 
 def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_loss: str = "sum",
                second_derivatives: bool = False, grad_clip: float | None = None,
-               step_loss: list | None = None, world: World = SOLO) -> tuple[float, bool]:
+               step_loss: list | None = None, world: World = SOLO,
+               imitation: Imitation | None = None) -> tuple[float, bool]:
     """One trajectory on a fresh problem batch: `steps` optimizee steps cut into unrolls, a meta step after each.
 
     Returns the trajectory's mean loss, and False if a meta step was not finite (nothing was changed then, and the
@@ -118,7 +144,7 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
     each step for `meta_loss=relative`; it is updated in place (an exponential average over trajectories). With
     other processes (`world`), each meta-gradient is averaged over them before the step. A small trajectory of a
     task whose loss is traceable runs each unroll as one compiled graph (`device.compile_unroll`), unless it is
-    a member of a task family.
+    a member of a task family or it imitates a hand-designed optimizer (`imitation`, see Imitation).
     """
     step_loss = step_loss if step_loss is not None else []
     params = problems.init_params()
@@ -128,7 +154,9 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
     coordinates = sum(v.numel() for v in params.values())
     # not for a family's members: each new shape would compile its own graph, minutes apiece
     traced = (problems.traceable and getattr(optimizer, "compiles_whole", False) and not second_derivatives
-              and world.size == 1 and not problems.member and compile_unroll(coordinates))
+              and world.size == 1 and not problems.member and imitation is None and compile_unroll(coordinates))
+    if imitation is not None:
+        imitation.start(params, problems.kinds)
     # compiled: each step's minibatch as tensors (step_inputs), the gradient by torch.func; eager: t, autograd
     run, step_fn = (compiled(unroll), traced_loss_and_grads) if traced else (unroll, eager_loss_and_grads)
     mean_loss = 0.0
@@ -138,14 +166,14 @@ def trajectory(problems, optimizer, meta, steps: int, unroll_steps: int, meta_lo
         ends = meta_loss == "final" and ts[-1] == steps  # only `final` needs it: one compiled graph for the others
         inputs = [problems.step_inputs(t) for t in ts] if traced else list(ts)
         total, means, params, state, grads = run(problems, optimizer, params, state, grads, inputs, scales, meta_loss,
-                                                 ends, second_derivatives, step_fn)
+                                                 ends, second_derivatives, step_fn, imitation)
         for t, mean in zip(ts, world.mean(means), strict=True):  # the whole batch's, over every rank
             if len(step_loss) < t:  # the first trajectory starts each step's running mean at its own loss
                 step_loss.append(mean if math.isfinite(mean) else 1.0)
             elif math.isfinite(mean):
                 step_loss[t - 1] = 0.9 * step_loss[t - 1] + 0.1 * mean
             mean_loss += mean / steps
-        if meta_loss == "final" and ts[-1] != steps:
+        if meta_loss == "final" and ts[-1] != steps and imitation is None:
             total = 0.0  # nothing to learn from this unroll (its steps have zero weight)
         if not meta_step(optimizer, meta, total, grad_clip, world):
             return mean_loss, False

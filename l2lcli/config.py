@@ -221,6 +221,10 @@ def check(cfg: DictConfig, command: str) -> None:
         if not is_learned(cfg.optimizer):
             raise L2LError(f"optimizer={cfg.optimizer.name} has nothing to meta-train: use optimizer=lstm, lstm_gac, "
                            "ntm_bfgs or ntm_lbfgs (baselines are tuned with `l2l sweep-baselines`)")
+        teacher = OmegaConf.select(cfg, "train.imitate.optimizer")
+        if teacher is not None and cfg.train.imitate.lr is None:
+            raise L2LError(f"train.imitate.optimizer={teacher} needs its tuned learning rate: set train.imitate.lr "
+                           f"(the best lr for {teacher} of `l2l sweep-baselines eval.split=validation`)")
     if command in ("sweep-baselines", "generalize", "experiment"):
         if cfg.sweep.lr_max < cfg.sweep.lr_min:
             raise L2LError(f"sweep.lr_max={cfg.sweep.lr_max} is below sweep.lr_min={cfg.sweep.lr_min}")

@@ -72,6 +72,7 @@ def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optim
     (["meta-train", "optimizer.hidden=0"], "optimizer.hidden=0 is invalid"),
     (["meta-train", "optimizer.p=0"], "optimizer.p=0 is invalid"),  # used to divide by zero and diverge
     (["meta-train", "train.meta_lr_decay=1.5"], "train.meta_lr_decay=1.5 is invalid"),
+    (["meta-train", "train.imitate.optimizer=adam"], "train.imitate.optimizer=adam needs its tuned learning rate"),
     (["meta-train", "optimizer=lstm_gac", "optimizer.gac=30"], "more than optimizer.hidden=20"),
     (["meta-train", "optimizer=ntm_lbfgs", "optimizer.history=0"], "optimizer.history=0 is invalid"),
     (["meta-train", "device.threads=0"], "device.threads=0 is invalid"),

@@ -140,3 +140,63 @@ def test_a_fine_tuned_run_resumes_without_the_run_it_started_from(make_cfg):
     shutil.rmtree(first)
     r = train.run(make_cfg(f"train.resume={second}"))
     assert r["run_dir"] == second and r["epochs"] == 1
+
+
+def test_imitation_term_is_the_relative_squared_error_to_the_teachers_update():
+    from l2lcli.optimizers.baselines import SGD, Adam
+
+    params = {"a": torch.randn(3, 4), "b": torch.randn(3, 2, 2)}
+    grads = {k: torch.randn_like(p) for k, p in params.items()}
+    new = {k: p + torch.randn_like(p) for k, p in params.items()}
+    im = bptt.Imitation(SGD("sgd", 0.1), weight=2.0)
+    im.start(params)
+    err = sum(((new[k] - params[k]) + 0.1 * grads[k]).flatten(1).square().sum(1) for k in params)
+    size = sum((0.1 * grads[k]).flatten(1).square().sum(1) for k in params)
+    assert im.term(params, new, grads).item() == pytest.approx(2 * (err / size).mean().item(), rel=1e-5)
+    # a rule that proposes the teacher's update owes nothing; the teacher's own state moves on with each step
+    im = bptt.Imitation(Adam("adam", 0.1), weight=1.0)
+    im.start(params)
+    im.term(params, new, grads)
+    teacher_state = Adam("adam", 0.1).step(params, grads, Adam("adam", 0.1).init_state(params))[1]
+    second, _ = Adam("adam", 0.1).step(params, grads, teacher_state)
+    assert im.state["t"] == 1 and im.term(params, second, grads).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_imitation_pulls_the_rules_updates_towards_the_teachers(make_cfg):
+    """Meta-training with the term ends nearer the teacher than the same meta-training without it."""
+    from l2lcli.optimizers.baselines import Adam
+
+    cfg = make_cfg("optimizer=lstm")
+    task = build(cfg.task)
+
+    def distance_after(imitation):
+        torch.manual_seed(0)
+        opt = build(cfg.optimizer)
+        meta = torch.optim.Adam(opt.parameters(), lr=0.03)
+        for i in range(20):
+            bptt.trajectory(task.sample("train", 4, 0, index=i), opt, meta, 10, 10, imitation=imitation)
+        probe = bptt.Imitation(Adam("adam", 0.5), 1.0)  # the mean relative error along a fresh trajectory
+        problems = task.sample("validation", 8, 0)
+        params = problems.init_params()
+        state = opt.init_state(params)
+        probe.start(params)
+        errs = []
+        for t in range(10):
+            params, _, grads = loss_and_grads(problems, params, t)
+            new, state = opt.step(params, grads, state)
+            errs.append(probe.term(params, new, grads).item())
+            params, state = bptt.tree_detach(new), bptt.tree_detach(state)
+        return sum(errs) / len(errs)
+
+    assert distance_after(bptt.Imitation(Adam("adam", 0.5), 100.0)) < 0.5 * distance_after(None)
+
+
+def test_imitations_weight_falls_to_zero_over_its_epochs(make_cfg):
+    cfg = make_cfg("train.imitate.optimizer=nag", "train.imitate.lr=0.5", "train.imitate.weight=2",
+                   "train.imitate.epochs=4")
+    weights = [train._imitation(cfg.train, e) for e in range(6)]
+    assert [w.weight for w in weights[:4]] == [2.0, 1.5, 1.0, 0.5] and weights[4:] == [None, None]
+    assert weights[0].teacher.name == "nag" and weights[0].teacher.lr == 0.5
+    assert train._imitation(make_cfg().train, 0) is None  # off by default
+    r = train.run(make_cfg("train.imitate.optimizer=adam", "train.imitate.lr=0.5", "train.meta_loss=final"))
+    assert r["bad_steps"] == 0 and r["best_val_loss"] < float("inf")

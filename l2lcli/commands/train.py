@@ -14,8 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ..bptt import trajectory, validate, validation_set
-from ..config import build
+from ..bptt import Imitation, trajectory, validate, validation_set
+from ..config import baseline_config, build
 from ..distributed import World, join
 from ..errors import L2LError, WriteError
 from ..loggers import Loggers
@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> dict:
                 while stop is None:
                     for group in meta.param_groups:
                         group["lr"] = tc.meta_lr * tc.meta_lr_decay ** s.epoch
-                    losses = []
+                    losses, imitation = [], _imitation(tc, s.epoch)
                     for _ in range(tc.epoch_trajectories):
                         problems = setup.task.sample("train", tc.batch_size // world.size, cfg.seed, device=device,
                                                      index=s.trajectories * world.size + world.rank, member=True)
@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> dict:
                         # each member of a family its own running means: its losses have their own scale
                         step_loss = s.member_loss.setdefault(problems.member, []) if problems.member else s.step_loss
                         loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
-                                              tc.second_derivatives, tc.grad_clip, step_loss, world)
+                                              tc.second_derivatives, tc.grad_clip, step_loss, world, imitation)
                         _count_bad(s, ok, tc.max_bad_steps, run_dir)
                         losses += [loss] if ok else []
                         progress(advance=int(ok), meta=loss)
@@ -104,6 +104,15 @@ def run(cfg: DictConfig) -> dict:
         log.finish("KILLED" if stop == "interrupted" else "FINISHED")
     world.leave()
     return {**results, "loggers": log.report()}
+
+
+def _imitation(tc, epoch: int) -> Imitation | None:
+    """This epoch's imitation of a hand-designed optimizer (`train.imitate`), its weight falling linearly from
+    `weight` at the first epoch to 0 after `epochs`; None when off (runs saved before the key have none)."""
+    im = tc.get("imitate")
+    if im is None or im.optimizer is None or epoch >= im.epochs:
+        return None
+    return Imitation(build(baseline_config(im.optimizer, im.lr)), im.weight * (1 - epoch / im.epochs))
 
 
 def _count_bad(s: TrainState, ok: bool, limit: int, run_dir: Path) -> None:
