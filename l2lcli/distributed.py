@@ -74,6 +74,7 @@ class World:
 
     def leave(self) -> None:
         if self.size > 1 and dist.is_initialized():
+            dist.barrier()  # no rank tears its connections down while another still uses them (gloo aborts then)
             dist.destroy_process_group()
 
 
