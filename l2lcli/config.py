@@ -222,16 +222,22 @@ def check(cfg: DictConfig, command: str) -> None:
             raise L2LError(f"optimizer={cfg.optimizer.name} has nothing to meta-train: use optimizer=lstm, lstm_gac, "
                            "ntm_bfgs or ntm_lbfgs (baselines are tuned with `l2l sweep-baselines`)")
         teacher = OmegaConf.select(cfg, "train.imitate.optimizer")
+        if teacher is not None and teacher not in baselines():
+            raise L2LError(f"train.imitate.optimizer={teacher} is not a baseline: choose from {', '.join(baselines())}")
         if teacher is not None and cfg.train.imitate.lr is None:
             raise L2LError(f"train.imitate.optimizer={teacher} needs its tuned learning rate: set train.imitate.lr "
                            f"(the best lr for {teacher} of `l2l sweep-baselines eval.split=validation`)")
     if command in ("sweep-baselines", "generalize", "experiment"):
         if cfg.sweep.lr_max < cfg.sweep.lr_min:
             raise L2LError(f"sweep.lr_max={cfg.sweep.lr_max} is below sweep.lr_min={cfg.sweep.lr_min}")
-        known = [c for c in group_choices("optimizer") if not is_learned(_option("optimizer", c))]
         for name in cfg.sweep.optimizers:
-            if name not in known:
-                raise L2LError(f"sweep.optimizers has '{name}', not a baseline: choose from {', '.join(known)}")
+            if name not in baselines():
+                raise L2LError(f"sweep.optimizers has '{name}', not a baseline: choose from {', '.join(baselines())}")
+
+
+def baselines() -> list[str]:
+    """The optimizer group's hand-designed options (what sweeps tune and imitation may follow)."""
+    return [c for c in group_choices("optimizer") if not is_learned(_option("optimizer", c))]
 
 
 def is_learned(node: DictConfig) -> bool:

@@ -129,7 +129,8 @@ RULES: dict[str, Rule] = {
     "train.init_from": PATH,
     "train.init_nets": maybe(Rule(lambda v: isinstance(v, (dict, DictConfig)) and len(v) > 0 and all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()), "{net: saved net, ...}")),
-    "train.imitate.optimizer": maybe(one_of("sgd", "rmsprop", "adam", "nag")), "train.imitate.lr": maybe(POSITIVE),
+    "train.imitate.optimizer": maybe(TEXT),  # a baseline (config.check knows them)
+    "train.imitate.lr": maybe(POSITIVE),
     "train.imitate.weight": POSITIVE, "train.imitate.epochs": whole(1),
     # evaluation, sweeps, generalization
     "eval.checkpoint": PATH, "eval.baselines": PATH, "eval.problems": whole(1), "eval.steps": maybe(whole(1)),
