@@ -150,7 +150,9 @@ def _print_evaluate(r: dict) -> None:
 @app.command("meta-train", context_settings=EXTRA, short_help="Meta-train a learned optimizer.",
              help=f"Meta-train a learned optimizer. {GROUPS_HELP}")
 def meta_train(overrides: list[str] | None = OVERRIDES, multirun: bool = MULTIRUN,
-               resume: str | None = typer.Option(None, help="Continue a killed run: its folder or last.pt."),
+               resume: str | None = typer.Option(None, help="Continue a killed or finished run: its folder or "
+                                                 "last.pt; train.max_epochs=N (train.patience, train.time_limit) "
+                                                 "gives it a new budget."),
                init_from: str | None = typer.Option(None, help="Start from a trained optimizer's weights (a run "
                                                     "folder or .pt): fine-tuning, longer unrolls, new tasks."),
                pretrained: str | None = PRETRAINED):

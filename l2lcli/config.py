@@ -77,8 +77,7 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
                 raise L2LError(f"unknown {key} '{choice.strip()}': choose one of {', '.join(group_choices(key))}"
                                + (" (or a list: logger=[tensorboard,mlflow])" if key in MANY else ""))
     try:
-        overrides = with_inherited(overrides, inherit, groups, source) if inherit is not None else overrides
-        cfg = _hydra(overrides)
+        cfg = _hydra(with_inherited(overrides, inherit, groups, source) if inherit is not None else overrides)
         OmegaConf.resolve(cfg)
     except MissingConfigException as e:
         raise L2LError(one_line(e)) from None
@@ -88,7 +87,36 @@ def compose(overrides: list[str] | None = None, inherit: DictConfig | None = Non
             msg += " (no such key: `l2l COMMAND --help` lists the groups, conf/ every key)"
         raise L2LError(f"bad override: {msg}") from None
     OmegaConf.set_struct(cfg, True)
-    return cfg
+    return resumed(cfg, overrides) if OmegaConf.select(cfg, "train.resume") else cfg
+
+
+# what a resumed run may change: how long it goes on, not what it does (its finished epochs stay the same run's)
+BUDGET = ("train.max_epochs", "train.patience", "train.time_limit")
+
+
+def resumed(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The config a resumed run (train.resume) goes on with: its own, saved in its last.pt, with the budget
+    (BUDGET) the command line gives; any other change is refused: it would make the run two runs in one."""
+    from .runs import last_checkpoint  # runs imports this module
+
+    check_values(OmegaConf.masked_copy(cfg, ["train"]))  # train.resume a path before it is read
+    saved = copy.deepcopy(last_checkpoint(cfg.train.resume)["config"])
+    OmegaConf.set_struct(saved, True)
+    given = {o.key_or_group: o for o in OverridesParser.create().parse_overrides(overrides)}  # the last of each
+    for key, o in given.items():
+        if key == "train.resume":
+            continue
+        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if key in GROUPS and OmegaConf.is_dict(new) and "name" in new:
+            new, old = new.name, (old or {}).get("name")
+        if key in BUDGET:
+            OmegaConf.update(saved, key, new)
+        elif new != old:
+            raise L2LError(f"{o.input_line}: a resumed run goes on with its own config ({key}={quoted(old)}); only "
+                           f"its budget may change ({', '.join(BUDGET)}): drop it, or meta-train a new run "
+                           "(--init-from RUN starts one from its weights)")
+    saved.train.resume = cfg.train.resume
+    return saved
 
 
 def _hydra(overrides: list[str]) -> DictConfig:

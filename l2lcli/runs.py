@@ -138,6 +138,16 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
+def last_checkpoint(path) -> dict:
+    """The checkpoint a killed or finished run resumes from: its folder's last.pt (or that file)."""
+    path = Path(path)
+    ckpt = load_checkpoint(path / "last.pt" if path.is_dir() else path)
+    if "train_state" not in ckpt:
+        raise L2LError(f"'{ckpt['path']}' holds no training state (best.pt cannot resume): pass the run folder "
+                       "or its last.pt")
+    return ckpt
+
+
 @functools.lru_cache(maxsize=4)
 def _read_checkpoint(path: str, mtime_ns: int, size: int) -> dict:
     try:

@@ -129,6 +129,18 @@ def test_a_full_disk_during_meta_training_is_one_line_and_the_run_resumes(tmp_pa
     assert len(pd.read_csv(run / "train_log.csv")) == 2 and (run / "summary.json").is_file()
 
 
+def test_a_resume_that_would_change_the_run_is_one_line_and_a_longer_budget_goes_on(tmp_path):
+    assert l2l("meta-train", "train.max_epochs=1", out=tmp_path).exit_code == 0
+    run = next((tmp_path / "meta-train" / "quadratic").iterdir())
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    res = runner.invoke(app, ["meta-train", "--resume", str(run), "train.meta_lr=0.01"])
+    one_line_error(res, "train.meta_lr=0.01: a resumed run goes on with its own config (train.meta_lr=")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # untouched
+    res = runner.invoke(app, ["meta-train", "--resume", str(run), "train.max_epochs=2"])
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_csv(run / "train_log.csv")) == 2
+
+
 def test_a_full_disk_in_a_sweep_is_one_line(tmp_path, monkeypatch):
     real_open = open
 

@@ -232,7 +232,7 @@ def test_a_resumed_run_goes_on_in_the_same_mlflow_run_and_event_files(make_cfg, 
     run_id = mlflow_run(first["run_dir"])
     assert first["stop_reason"] == "interrupted" and client.get_run(run_id).info.status == "KILLED"
     monkeypatch.setattr(train, "validate", real)
-    second = train.run(make_cfg(f"train.resume={first['run_dir']}"))
+    second = train.run(make_cfg(f"train.resume={first['run_dir']}", "train.max_epochs=3"))
     assert mlflow_run(second["run_dir"]) == run_id and client.get_run(run_id).info.status == "FINISHED"
     log = pd.read_csv(Path(second["run_dir"]) / "train_log.csv")
     assert history(client, run_id, "train/val_loss") == list(zip(log["epoch"], log["val_loss"], strict=True))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -5,6 +7,7 @@ import torch
 from l2lcli import bptt
 from l2lcli.commands import train
 from l2lcli.config import build
+from l2lcli.errors import L2LError
 from l2lcli.rollout import loss_and_grads, rollout
 from l2lcli.runs import load_checkpoint
 from tests.conftest import TIMES
@@ -138,8 +141,29 @@ def test_a_fine_tuned_run_resumes_without_the_run_it_started_from(make_cfg):
     first = train.run(make_cfg())["run_dir"]
     second = train.run(make_cfg(f"train.init_from={first}", "train.max_epochs=1"))["run_dir"]
     shutil.rmtree(first)
-    r = train.run(make_cfg(f"train.resume={second}"))
+    r = train.run(make_cfg(f"train.resume={second}", "train.max_epochs=1"))
     assert r["run_dir"] == second and r["epochs"] == 1
+
+
+def test_a_finished_run_resumed_with_a_longer_budget_equals_one_run_with_that_budget(make_cfg):
+    short = train.run(make_cfg("train.max_epochs=1"))
+    longer = train.run(make_cfg(f"train.resume={short['run_dir']}", "train.max_epochs=3"))
+    straight = train.run(make_cfg("train.max_epochs=3"))
+    assert longer["run_dir"] == short["run_dir"] and longer["epochs"] == straight["epochs"] == 3
+    a, b = (pd.read_csv(f"{r['run_dir']}/train_log.csv").drop(columns=TIMES) for r in (straight, longer))
+    pd.testing.assert_frame_equal(a, b)
+    wa, wb = (load_checkpoint(f"{r['run_dir']}/last.pt") for r in (straight, longer))
+    assert all(torch.equal(wa["weights"][k], wb["weights"][k]) for k in wa["weights"])
+    assert wb["config"].train.max_epochs == 3
+    assert "max_epochs: 3" in (Path(longer["run_dir"]) / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("change", ["train.meta_lr=0.01", "task.steps=30", "optimizer=lstm", "seed=1"])
+def test_a_resumed_run_refuses_any_change_but_its_budget(make_cfg, change):
+    run = train.run(make_cfg("train.max_epochs=1"))["run_dir"]
+    with pytest.raises(L2LError, match=f"^{change}: a resumed run goes on with its own config"):
+        make_cfg(f"train.resume={run}", change)
+    assert make_cfg(f"train.resume={run}", "train.patience=5", "train.time_limit=60").train.patience == 5
 
 
 def test_imitation_term_is_the_relative_squared_error_to_the_teachers_update():

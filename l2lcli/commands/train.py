@@ -19,7 +19,7 @@ from ..config import baseline_config, build
 from ..distributed import World, join
 from ..errors import L2LError, WriteError
 from ..loggers import Loggers
-from ..runs import load_checkpoint, rule_from, save_checkpoint
+from ..runs import last_checkpoint, load_checkpoint, rule_from, save_checkpoint, write_text
 from .common import fits, prepare
 
 console = Console(stderr=True)
@@ -46,8 +46,7 @@ class TrainState:
 def run(cfg: DictConfig) -> dict:
     """Meta-train `cfg.optimizer` on `cfg.task`; writes best.pt, last.pt, train_log.csv, summary.json. Under
     torchrun, each process takes its share of every batch and rank 0 writes (l2lcli/distributed.py)."""
-    resumed = load_checkpoint(_last(cfg.train.resume)) if cfg.train.resume else None
-    cfg = _saved_config(resumed) if resumed else cfg
+    resumed = last_checkpoint(cfg.train.resume) if cfg.train.resume else None  # cfg: its config (config.resumed)
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
     world = join(device, tc.batch_size, cfg.device.threads)
@@ -65,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
     meta = torch.optim.Adam(optimizer.parameters(), lr=tc.meta_lr)
     validation = validation_set(setup.task, tc, cfg.seed, device)
     if resumed:
-        s, run_dir = _restore(resumed, optimizer, meta, world)
+        s, run_dir = _restore(resumed, cfg, optimizer, meta, world)
         if world.main:
             setup.log.start(run_dir, resumed=True)  # the loggers go on in the runs this folder started
     else:
@@ -197,21 +196,7 @@ def _progress(tc, s: TrainState, shown: bool = True):
         yield lambda **fields: progress.update(bar, **fields)
 
 
-def _last(path: str) -> Path:
-    path = Path(path)
-    return path / "last.pt" if path.is_dir() else path
-
-
-def _saved_config(ckpt: dict) -> DictConfig:
-    """The config a resumed run continues with: its own (the command line cannot change a run half-way)."""
-    if "train_state" not in ckpt:
-        raise L2LError(f"'{ckpt['path']}' holds no training state (best.pt cannot resume): pass the run folder "
-                       "or its last.pt")
-    OmegaConf.set_struct(ckpt["config"], True)
-    return ckpt["config"]
-
-
-def _restore(ckpt: dict, optimizer, meta, world: World) -> tuple[TrainState, Path]:
+def _restore(ckpt: dict, cfg: DictConfig, optimizer, meta, world: World) -> tuple[TrainState, Path]:
     run_dir = Path(ckpt["path"]).parent
     if ckpt["train_state"].get("processes", 1) != world.size:
         raise L2LError(f"{run_dir} was meta-trained on {ckpt['train_state'].get('processes', 1)} process(es): resume "
@@ -221,5 +206,6 @@ def _restore(ckpt: dict, optimizer, meta, world: World) -> tuple[TrainState, Pat
     torch.set_rng_state(ckpt["rng"])
     s = TrainState(**ckpt["train_state"])
     if world.main:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # with the budget it goes on with
         console.print(f"resuming {run_dir} after epoch {s.epoch}")
     return s, run_dir
