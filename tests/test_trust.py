@@ -150,7 +150,7 @@ def test_checkpoints_of_the_flat_layout_still_evaluate_and_resume(make_cfg):
                                         **{"eval.checkpoint": str(run)}))
     assert e["rows"][0]["optimizer"] == "lstm" and e["rows"][0]["final_loss"] > 0
     resumed = train.run(make_cfg(f"train.resume={run}", "train.max_epochs=2"))
-    assert resumed["epochs"] == 1 and resumed["recipe"] == "none"  # the saved config wins: max_epochs stays 1
+    assert resumed["epochs"] == 2 and resumed["recipe"] == "none"  # its own config, with the budget given
 
 
 def test_written_files_follow_the_umask_not_mkstemps_owner_only_mode(tmp_path):
