@@ -54,6 +54,8 @@ def _run(command: str, overrides: list[str] | None, multirun: bool = False, chec
             from .pretrained import path
             shipped = str(path(pretrained))
             checkpoint, init_from = (None, shipped) if command == "meta-train" else (shipped, None)
+        if keys.get("train.resume") and (init_from or pretrained):
+            raise L2LError("--resume continues a run with its own weights: drop --init-from / --pretrained")
         given = common.command_overrides(list(overrides or []), checkpoint=checkpoint, init_from=init_from, **keys)
         if not multirun:
             return runner(command)(common.compose(given))

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .data.datasets import SHAPES
 from .errors import L2LError, one_line
-from .schema import check_values
+from .schema import check_values, show
 
 CONFIG_MODULE = "l2lcli.conf"
 GROUPS = ("task", "optimizer", "device", "recipe", "logger")
@@ -106,13 +106,14 @@ def resumed(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     for key, o in given.items():
         if key == "train.resume":
             continue
-        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
-        if key in GROUPS and OmegaConf.is_dict(new) and "name" in new:
-            new, old = new.name, (old or {}).get("name")
         if key in BUDGET:
-            OmegaConf.update(saved, key, new)
-        elif new != old:
-            raise L2LError(f"{o.input_line}: a resumed run goes on with its own config ({key}={quoted(old)}); only "
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key), force_add=True)
+            continue
+        # a group's choice by its name (logger's, whole: it has none)
+        path = f"{key}.name" if key in GROUPS and OmegaConf.select(cfg, f"{key}.name") is not None else key
+        if OmegaConf.select(cfg, path) != OmegaConf.select(saved, path):
+            was = f"{key}={show(OmegaConf.select(saved, path))}"
+            raise L2LError(f"{o.input_line}: a resumed run goes on with its own config ({was}); only "
                            f"its budget may change ({', '.join(BUDGET)}): drop it, or meta-train a new run "
                            "(--init-from RUN starts one from its weights)")
     saved.train.resume = cfg.train.resume
@@ -255,6 +256,8 @@ def check(cfg: DictConfig, command: str) -> None:
         if teacher is not None and cfg.train.imitate.lr is None:
             raise L2LError(f"train.imitate.optimizer={teacher} needs its tuned learning rate: set train.imitate.lr "
                            f"(the best lr for {teacher} of `l2l sweep-baselines eval.split=validation`)")
+    if command not in ("meta-train", "experiment") and OmegaConf.select(cfg, "train.resume"):
+        raise L2LError(f"train.resume continues a meta-training run, not {command}: `l2l meta-train --resume RUN`")
     if command in ("sweep-baselines", "generalize", "experiment"):
         if cfg.sweep.lr_max < cfg.sweep.lr_min:
             raise L2LError(f"sweep.lr_max={cfg.sweep.lr_max} is below sweep.lr_min={cfg.sweep.lr_min}")

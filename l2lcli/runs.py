@@ -116,6 +116,16 @@ def save_checkpoint(path: Path, cfg: DictConfig, optimizer: torch.nn.Module, **e
         "weights": {k: v.detach().cpu() for k, v in optimizer.state_dict().items()},
         **extra,
     }
+    _write_payload(path, payload)
+
+
+def replace_config(ckpt: dict, cfg: DictConfig) -> None:
+    """Rewrite a loaded checkpoint's file with another config (a resumed run's new budget), atomically."""
+    _write_payload(Path(ckpt["path"]), {**{k: v for k, v in ckpt.items() if k != "path"},
+                                        "config": OmegaConf.to_yaml(cfg)})
+
+
+def _write_payload(path: Path, payload: dict) -> None:
     buffer = io.BytesIO()  # serialised in memory, so that a failing disk is an OSError of ours, not torch's
     torch.save(payload, buffer)
     write_bytes(path, buffer.getvalue())

@@ -87,6 +87,7 @@ def test_every_rule_refuses_a_bad_value_with_one_line_naming_the_key(task, optim
     (["meta-train", "optimizer=ntm_bfgs", "optimizer.max_memory_floats=1000"], "use optimizer=ntm_lbfgs"),
     (["sweep-baselines", "task=cifar", "task.dataset=mnist", "task.conv_layers=5"], "too deep for 28x28 images"),
     (["sweep-baselines", "seed=18446744073709551616"], "seed=18446744073709551616 is invalid"),
+    (["meta-train", "--resume", "nowhere", "--pretrained", "quadratic"], "--resume continues a run with its own"),
 ])
 def test_bad_values_from_the_command_line(tmp_path, args, fragment):
     one_line_error(l2l(*args, out=tmp_path), fragment)

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -6,7 +7,7 @@ import torch
 
 from l2lcli import bptt
 from l2lcli.commands import train
-from l2lcli.config import build
+from l2lcli.config import build, check
 from l2lcli.errors import L2LError
 from l2lcli.rollout import loss_and_grads, rollout
 from l2lcli.runs import load_checkpoint
@@ -158,12 +159,37 @@ def test_a_finished_run_resumed_with_a_longer_budget_equals_one_run_with_that_bu
     assert "max_epochs: 3" in (Path(longer["run_dir"]) / "config.yaml").read_text()
 
 
-@pytest.mark.parametrize("change", ["train.meta_lr=0.01", "task.steps=30", "optimizer=lstm", "seed=1"])
-def test_a_resumed_run_refuses_any_change_but_its_budget(make_cfg, change):
+@pytest.mark.parametrize("change, was", [
+    ("train.meta_lr=0.01", "train.meta_lr=0.003"), ("task.steps=30", "task.steps=20"),
+    ("optimizer=lstm", "optimizer=lstm_gac"), ("seed=1", "seed=0"), ("logger=many", "logger={}"),
+    ("~train.imitate", "train.imitate=")])
+def test_a_resumed_run_refuses_any_change_but_its_budget(make_cfg, change, was):
     run = train.run(make_cfg("train.max_epochs=1"))["run_dir"]
-    with pytest.raises(L2LError, match=f"^{change}: a resumed run goes on with its own config"):
+    with pytest.raises(L2LError, match=re.escape(f"{change}: a resumed run goes on with its own config ({was}")):
         make_cfg(f"train.resume={run}", change)
     assert make_cfg(f"train.resume={run}", "train.patience=5", "train.time_limit=60").train.patience == 5
+    with pytest.raises(L2LError, match="train.resume continues a meta-training run, not evaluate"):
+        check(make_cfg(f"train.resume={run}"), "evaluate")
+
+
+@pytest.mark.parametrize("budget, why", [("train.max_epochs=1", "2 epochs done, train.max_epochs=1): raise "
+                                          "train.max_epochs"),
+                                         ("train.time_limit=0.001", "train.time_limit=0.001): raise train.time_limit")])
+def test_a_new_budget_the_run_has_already_spent_is_refused(make_cfg, budget, why):
+    run = Path(train.run(make_cfg())["run_dir"])
+    before = (run / "last.pt").read_bytes()
+    with pytest.raises(L2LError, match=re.escape(why)):
+        train.run(make_cfg(f"train.resume={run}", budget))
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_a_new_budget_survives_a_kill_in_the_first_epoch_it_pays_for(make_cfg, monkeypatch):
+    run = train.run(make_cfg("train.max_epochs=1"))["run_dir"]
+    real = train.validate
+    monkeypatch.setattr(train, "validate", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert train.run(make_cfg(f"train.resume={run}", "train.max_epochs=3"))["stop_reason"] == "interrupted"
+    monkeypatch.setattr(train, "validate", real)
+    assert train.run(make_cfg(f"train.resume={run}", tiny=False))["epochs"] == 3  # no budget given: last.pt's
 
 
 def test_imitation_term_is_the_relative_squared_error_to_the_teachers_update():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from contextlib import contextmanager
@@ -15,11 +16,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..bptt import Imitation, trajectory, validate, validation_set
-from ..config import baseline_config, build
+from ..config import BUDGET, baseline_config, build
 from ..distributed import World, join
 from ..errors import L2LError, WriteError
 from ..loggers import Loggers
-from ..runs import last_checkpoint, load_checkpoint, rule_from, save_checkpoint, write_text
+from ..runs import last_checkpoint, load_checkpoint, replace_config, rule_from, save_checkpoint, write_text
 from .common import fits, prepare
 
 console = Console(stderr=True)
@@ -47,6 +48,9 @@ def run(cfg: DictConfig) -> dict:
     """Meta-train `cfg.optimizer` on `cfg.task`; writes best.pt, last.pt, train_log.csv, summary.json. Under
     torchrun, each process takes its share of every batch and rank 0 writes (l2lcli/distributed.py)."""
     resumed = last_checkpoint(cfg.train.resume) if cfg.train.resume else None  # cfg: its config (config.resumed)
+    if resumed:  # its files keep the config it started with, where train.resume is null, budget aside
+        cfg = copy.deepcopy(cfg)
+        cfg.train.resume = None
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
     world = join(device, tc.batch_size, cfg.device.threads)
@@ -196,6 +200,22 @@ def _progress(tc, s: TrainState, shown: bool = True):
         yield lambda **fields: progress.update(bar, **fields)
 
 
+def _new_budget(ckpt: dict, cfg: DictConfig, s: TrainState, run_dir: Path, writes: bool) -> None:
+    """A resumed run's new budget: refused where the run would stop at once all the same; else written into its
+    last.pt and config.yaml first, so that a plain --resume after a kill keeps it."""
+    tc = cfg.train
+    why = {"early_stopping": f"{s.since_best} epochs without improvement, train.patience={tc.patience}",
+           "time_limit": f"{s.seconds:.0f} s of meta-training, train.time_limit={tc.time_limit}",
+           "max_epochs": f"{s.epoch} epochs done, train.max_epochs={tc.max_epochs}"}
+    limit = {"early_stopping": "train.patience", "time_limit": "train.time_limit", "max_epochs": "train.max_epochs"}
+    stop = _stop_reason(s, tc)
+    if stop:
+        raise L2LError(f"{run_dir} would stop at once ({why[stop]}): raise {limit[stop]}")
+    if writes:
+        replace_config(ckpt, cfg)
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+
 def _restore(ckpt: dict, cfg: DictConfig, optimizer, meta, world: World) -> tuple[TrainState, Path]:
     run_dir = Path(ckpt["path"]).parent
     if ckpt["train_state"].get("processes", 1) != world.size:
@@ -205,7 +225,8 @@ def _restore(ckpt: dict, cfg: DictConfig, optimizer, meta, world: World) -> tupl
     meta.load_state_dict(ckpt["meta_optimizer"])
     torch.set_rng_state(ckpt["rng"])
     s = TrainState(**ckpt["train_state"])
+    if any(OmegaConf.select(cfg, k) != OmegaConf.select(ckpt["config"], k) for k in BUDGET):
+        _new_budget(ckpt, cfg, s, run_dir, world.main)
     if world.main:
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))  # with the budget it goes on with
         console.print(f"resuming {run_dir} after epoch {s.epoch}")
     return s, run_dir
