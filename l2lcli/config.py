@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .checkpoints import last_checkpoint
 from .data.datasets import SHAPES
 from .errors import L2LError, one_line
 from .schema import check_values, show
@@ -97,8 +98,6 @@ BUDGET = ("train.max_epochs", "train.patience", "train.time_limit")
 def resumed(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """The config a resumed run (train.resume) goes on with: its own, saved in its last.pt, with the budget
     (BUDGET) the command line gives; any other change is refused: it would make the run two runs in one."""
-    from .runs import last_checkpoint  # runs imports this module
-
     check_values(OmegaConf.masked_copy(cfg, ["train"]))  # train.resume a path before it is read
     saved = copy.deepcopy(last_checkpoint(cfg.train.resume)["config"])
     OmegaConf.set_struct(saved, True)
