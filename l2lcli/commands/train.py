@@ -203,14 +203,12 @@ def _progress(tc, s: TrainState, shown: bool = True):
 def _new_budget(ckpt: dict, cfg: DictConfig, s: TrainState, run_dir: Path, writes: bool) -> None:
     """A resumed run's new budget: refused where the run would stop at once all the same; else written into its
     last.pt and config.yaml first, so that a plain --resume after a kill keeps it."""
-    tc = cfg.train
-    why = {"early_stopping": f"{s.since_best} epochs without improvement, train.patience={tc.patience}",
-           "time_limit": f"{s.seconds:.0f} s of meta-training, train.time_limit={tc.time_limit}",
-           "max_epochs": f"{s.epoch} epochs done, train.max_epochs={tc.max_epochs}"}
-    limit = {"early_stopping": "train.patience", "time_limit": "train.time_limit", "max_epochs": "train.max_epochs"}
-    stop = _stop_reason(s, tc)
+    stop = _stop_reason(s, cfg.train)
     if stop:
-        raise L2LError(f"{run_dir} would stop at once ({why[stop]}): raise {limit[stop]}")
+        done, key = {"early_stopping": (f"{s.since_best} epochs without improvement", "train.patience"),
+                     "time_limit": (f"{s.seconds:.0f} s of meta-training", "train.time_limit"),
+                     "max_epochs": (f"{s.epoch} epochs done", "train.max_epochs")}[stop]
+        raise L2LError(f"{run_dir} would stop at once ({done}, {key}={OmegaConf.select(cfg, key)}): raise {key}")
     if writes:
         replace_config(ckpt, cfg)
         write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
