@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, last_checkpoint, load_checkpoint  # noqa: F401
+from .checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint
 from .config import build
 from .errors import L2LError, WriteError, one_line
 

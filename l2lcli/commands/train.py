@@ -16,11 +16,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from ..bptt import Imitation, trajectory, validate, validation_set
+from ..checkpoints import last_checkpoint
 from ..config import BUDGET, baseline_config, build
 from ..distributed import World, join
 from ..errors import L2LError, WriteError
 from ..loggers import Loggers
-from ..runs import last_checkpoint, load_checkpoint, replace_config, rule_from, save_checkpoint, write_text
+from ..runs import load_checkpoint, replace_config, rule_from, save_checkpoint, write_text
 from .common import fits, prepare
 
 console = Console(stderr=True)
