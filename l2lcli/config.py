@@ -183,7 +183,8 @@ def with_inherited(overrides: list[str], saved: DictConfig, groups: tuple[str, .
 # configs that take it hold, the value such a config had before)}; NTMs updated from their controller until then,
 # and learned optimizers saw no problem inputs (a recipe may turn them on: the weights would not fit)
 SINCE = {("optimizer", "update_from"): ("read_heads", "controller"), ("optimizer", "problem_inputs"): ("hidden", False),
-         ("task", "problem_inputs"): ("preprocess", False)}
+         ("task", "problem_inputs"): ("preprocess", False), ("optimizer", "nominal"): ("hidden", "null"),
+         ("task", "nominal"): ("preprocess", "null")}
 
 
 def _inherited(saved: DictConfig, overrides: list[str], groups: tuple[str, ...], source: str) -> list[str]:
@@ -255,6 +256,12 @@ def check(cfg: DictConfig, command: str) -> None:
         if teacher is not None and cfg.train.imitate.lr is None:
             raise L2LError(f"train.imitate.optimizer={teacher} needs its tuned learning rate: set train.imitate.lr "
                            f"(the best lr for {teacher} of `l2l sweep-baselines eval.split=validation`)")
+    nominal = OmegaConf.select(cfg, "optimizer.nominal")
+    if nominal is not None and nominal not in baselines():
+        raise L2LError(f"optimizer.nominal={nominal} is not a baseline: choose from {', '.join(baselines())}")
+    if nominal is not None and "read_heads" in cfg.optimizer:
+        raise L2LError(f"optimizer.nominal is for the LSTM optimizers (an NTM's update is its memory's read): "
+                       f"optimizer.nominal=null with optimizer={cfg.optimizer.name}")
     if command not in ("meta-train", "experiment") and OmegaConf.select(cfg, "train.resume"):
         raise L2LError(f"train.resume continues a meta-training run, not {command}: `l2l meta-train --resume RUN`")
     if command in ("sweep-baselines", "generalize", "experiment"):

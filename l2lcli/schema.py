@@ -87,6 +87,7 @@ RULES: dict[str, Rule] = {
     # tasks (a key a task family lacks is refused when the family is built)
     "task._target_": TEXT, "task.name": TEXT, "task.steps": whole(1), "task.preprocess": PREPROCESS,
     "task.output_scale": POSITIVE, "task.groups": GROUPS, "task.problem_inputs": FLAG,
+    "task.nominal": maybe(TEXT), "task.nominal_lr": POSITIVE,  # a baseline (config.check knows them)
     "task.family": FAMILY,
     "task.dim": whole(1), "task.distribution": one_of("gaussian", "uniform"),
     "task.hidden": whole(1), "task.layers": whole(0), "task.activation": one_of("sigmoid", "relu", "tanh"),
@@ -112,6 +113,7 @@ RULES: dict[str, Rule] = {
     "optimizer.preprocess": PREPROCESS, "optimizer.p": POSITIVE,
     "optimizer.momenta": list_of(FRACTION, nonempty=False), "optimizer.rms_decay": FRACTION,
     "optimizer.problem_inputs": FLAG, "optimizer.output_scale": POSITIVE,
+    "optimizer.nominal": maybe(TEXT), "optimizer.nominal_lr": POSITIVE,
     "optimizer.output": one_of("linear", "exp_magnitude"), "optimizer.groups": GROUPS,
     "optimizer.read_heads": whole(1), "optimizer.write_heads": whole(1), "optimizer.history": maybe(whole(1)),
     "optimizer.max_memory_floats": POSITIVE, "optimizer.update_from": one_of("read", "controller"),

@@ -18,6 +18,8 @@ def _per_problem(x, like: torch.Tensor):
 
 
 class Baseline:
+    """theta <- theta - lr * direction: each rule is its `direction` (also a learned optimizer's nominal term)."""
+
     learned = False
 
     def __init__(self, name: str, lr: float | torch.Tensor):
@@ -26,10 +28,18 @@ class Baseline:
     def init_state(self, params, kinds=None):
         return {"t": 0}
 
+    def direction(self, grads, state):
+        """Each gradient's step direction ({name: tensor}, the update being -lr times it) and the new state."""
+        raise NotImplementedError
+
+    def step(self, params, grads, state):
+        d, state = self.direction(grads, state)
+        return {k: p - _per_problem(self.lr, p) * d[k] for k, p in params.items()}, state
+
 
 class SGD(Baseline):
-    def step(self, params, grads, state):
-        return {k: p - _per_problem(self.lr, p) * grads[k] for k, p in params.items()}, state
+    def direction(self, grads, state):
+        return dict(grads), state
 
 
 class RMSprop(Baseline):
@@ -42,10 +52,9 @@ class RMSprop(Baseline):
     def init_state(self, params, kinds=None):
         return {"m": {k: torch.zeros_like(p) for k, p in params.items()}}
 
-    def step(self, params, grads, state):
+    def direction(self, grads, state):
         m = {k: self.alpha * state["m"][k] + (1 - self.alpha) * g * g for k, g in grads.items()}
-        new = {k: p - _per_problem(self.lr, p) * grads[k] / (m[k].sqrt() + self.eps) for k, p in params.items()}
-        return new, {"m": m}
+        return {k: g / (m[k].sqrt() + self.eps) for k, g in grads.items()}, {"m": m}
 
 
 class Adam(Baseline):
@@ -59,16 +68,14 @@ class Adam(Baseline):
         zeros = {k: torch.zeros_like(p) for k, p in params.items()}
         return {"t": 0, "m": zeros, "v": {k: z.clone() for k, z in zeros.items()}}
 
-    def step(self, params, grads, state):
+    def direction(self, grads, state):
+        """m_hat / (sqrt(v_hat) + eps); `t` may be a tensor (a state that torch.compile carries across steps without
+        recompiling)."""
         t = state["t"] + 1
         m = {k: self.beta1 * state["m"][k] + (1 - self.beta1) * g for k, g in grads.items()}
         v = {k: self.beta2 * state["v"][k] + (1 - self.beta2) * g * g for k, g in grads.items()}
         c1, c2 = 1 - self.beta1**t, 1 - self.beta2**t
-        new = {
-            k: p - _per_problem(self.lr, p) * (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps)
-            for k, p in params.items()
-        }
-        return new, {"t": t, "m": m, "v": v}
+        return {k: (m[k] / c1) / ((v[k] / c2).sqrt() + self.eps) for k in grads}, {"t": t, "m": m, "v": v}
 
 
 class NAG(Baseline):
@@ -81,9 +88,12 @@ class NAG(Baseline):
     def init_state(self, params, kinds=None):
         return {"v": {k: torch.zeros_like(p) for k, p in params.items()}}
 
-    def step(self, params, grads, state):
+    def direction(self, grads, state):
         v = {k: self.momentum * state["v"][k] + g for k, g in grads.items()}
-        new = {
-            k: p - _per_problem(self.lr, p) * (grads[k] + self.momentum * v[k]) for k, p in params.items()
-        }
-        return new, {"v": v}
+        return {k: g + self.momentum * v[k] for k, g in grads.items()}, {"v": v}
+
+
+def nominal(name: str) -> Baseline:
+    """The baseline `optimizer=<name>` names, at its Torch7 defaults and lr 1: a learned optimizer's nominal term
+    (which learns its own learning rate)."""
+    return {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "nag": NAG}[name](name, lr=1.0)

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from . import baselines
 from .cells import lstm_cell
 from .preprocess import Moments, ProblemInputs, features, preprocess
 
 
 class CoordinatewiseLSTM(nn.Module):
-    """A stack of LSTM cells applied to every coordinate; `gac` cells per layer are global averaging cells."""
+    """A stack of LSTM cells applied to every coordinate; `gac` cells per layer are global averaging cells.
+
+    With a `nominal` baseline (sgd, rmsprop, adam, nag) the update is the read-out plus that baseline's step at a
+    learned learning rate starting at `nominal_lr` (a nominal term, Harrison, Metz and Sohl-Dickstein 2022): the
+    rule starts as a tuned hand-designed optimizer and learns a correction to it, and sees the baseline's direction
+    (preprocessed as the gradient is) as more inputs. Without one, the paper's rule.
+    """
 
     def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0, output="linear",
-                 momenta=(0.5, 0.9, 0.99), rms_decay=0.99, problem_inputs=False):
+                 momenta=(0.5, 0.9, 0.99), rms_decay=0.99, problem_inputs=False, nominal=None, nominal_lr=1.0):
         super().__init__()
         self.hidden, self.gac, self.kind, self.p, self.scale = hidden, gac, preprocess, p, output_scale
         self.output = output
         self.moments = Moments(momenta, rms_decay) if preprocess == "moments" else None
         self.problem = ProblemInputs() if problem_inputs else None
-        self.stateful = self.moments is not None or self.problem is not None  # state: a dict, not the layers' list
-        inputs = features(preprocess, momenta) + (ProblemInputs.count if problem_inputs else 0)
+        self.nominal = baselines.nominal(nominal) if nominal else None
+        if nominal:  # in log space: the learned learning rate stays positive
+            self.nominal_log_lr = nn.Parameter(torch.tensor(math.log(nominal_lr)))
+        self.stateful = any(x is not None for x in (self.moments, self.problem, self.nominal))  # state: a dict
+        inputs = (features(preprocess, momenta) + (ProblemInputs.count if problem_inputs else 0)
+                  + (features(self._direction_kind) if nominal else 0))
         self.cells = nn.ModuleList(nn.LSTMCell(inputs if i == 0 else hidden, hidden)
                                    for i in range(layers))
         self.out = nn.Linear(hidden, 1 if output == "linear" else 2)
@@ -40,7 +53,18 @@ class CoordinatewiseLSTM(nn.Module):
             state["moments"] = self.moments.init_state(N * n, device, dtype)
         if self.problem is not None:
             state["problem"] = self.problem.init_state(N, n, device, dtype)
+        if self.nominal is not None:
+            nominal = self.nominal.init_state({"g": torch.zeros(N, n, device=device, dtype=dtype)})
+            if "t" in nominal:  # a tensor: the compiled unroll then carries it without recompiling
+                nominal["t"] = torch.zeros((), device=device, dtype=dtype)
+            state["nominal"] = nominal
         return state
+
+    @property
+    def _direction_kind(self) -> str:
+        """How the nominal's direction is preprocessed: as the gradient, raw where the gradient's features are
+        moments (which keep their own state)."""
+        return "none" if self.kind == "moments" else self.kind
 
     def _average(self, h, N: int):
         hv = h.view(self.hidden, N, -1)
@@ -73,8 +97,14 @@ class CoordinatewiseLSTM(nn.Module):
             inputs, new_state["moments"] = self.moments(g.reshape(-1), state["moments"])
         if self.problem is not None:
             inputs = torch.cat([inputs, self.problem(g, state["problem"])], 0)
+        if self.nominal is not None:
+            direction, new_state["nominal"] = self.nominal.direction({"g": g}, state["nominal"])
+            direction = direction["g"]
+            inputs = torch.cat([inputs, preprocess(direction.reshape(-1), self._direction_kind, self.p, dim=0)], 0)
         x, lstm = self.stack(inputs, state["lstm"] if self.stateful else state, N)
         update = self.readout(x).view(N, -1)
+        if self.nominal is not None:
+            update = update - self.nominal_log_lr.exp() * direction
         if not self.stateful:
             return update, lstm
         if self.problem is not None:

@@ -22,7 +22,7 @@ from ..errors import L2LError
 
 SPLITS = ("train", "validation", "test")
 # Keys of a task's config that learned optimizers read (the paper's choices per task), not part of its problems.
-LEARNER_KEYS = ("preprocess", "output_scale", "groups", "problem_inputs")
+LEARNER_KEYS = ("preprocess", "output_scale", "groups", "problem_inputs", "nominal", "nominal_lr")
 # Keys only meta-training reads (the members it draws from): evaluation problems never depend on them.
 TRAINING_KEYS = ("family",)
 
@@ -140,13 +140,14 @@ class TaskFamily:
     varies: tuple[str, ...] = ()  # the keys a `family` may vary
 
     def __init__(self, name: str, steps: int, preprocess: str = "none", output_scale: float = 1.0,
-                 groups: dict | None = None, problem_inputs: bool = False, family: dict | None = None):
-        # preprocess, output_scale, groups and problem_inputs are the paper's (or a recipe's) choices for learned
+                 groups: dict | None = None, problem_inputs: bool = False, nominal: str | None = None,
+                 nominal_lr: float = 1.0, family: dict | None = None):
+        # preprocess, output_scale, groups, problem_inputs and the nominal term are the paper's (or a recipe's) choices for learned
         # optimizers on this task; the optimizer config reads them by interpolation, so they live here and are
         # otherwise unused by the task.
         self.name, self.steps = name, int(steps)
         self.preprocess, self.output_scale, self.groups = preprocess, output_scale, groups
-        self.problem_inputs = problem_inputs
+        self.problem_inputs, self.nominal, self.nominal_lr = problem_inputs, nominal, nominal_lr
         self.family = {k: list(v) for k, v in family.items()} if family else None
         unknown = sorted(set(self.family or ()) - set(self.varies))
         if unknown:
