@@ -255,7 +255,8 @@ def test_cell_backward_is_autograds(fused):
 @pytest.mark.parametrize("overrides", [["task.problem_inputs=true"],
                                        ["task.problem_inputs=false", "task.preprocess=moments"],
                                        ["task.problem_inputs=true", "task.preprocess=moments", "optimizer=lstm_gac"],
-                                       ["optimizer=ntm_bfgs", "optimizer.problem_inputs=true"]])
+                                       ["optimizer=ntm_bfgs", "optimizer.problem_inputs=true"],
+                                       ["task.nominal=adam", "task.nominal_lr=0.1", "optimizer=lstm_gac"]])
 def test_stateful_inputs_meta_train_and_evaluate_from_the_cli_config(make_cfg, overrides):
     """Meta-training and evaluation run with the new inputs, and the checkpoint rebuilds the same rule."""
     from l2lcli.commands import evaluate, train
@@ -314,3 +315,45 @@ def test_problem_inputs_see_the_update_made_in_read_out_units():
     state = opt.init_state(params)
     new, state = opt.step(params, {"w": torch.randn(2, 4)}, state)
     torch.testing.assert_close(state["nets"]["all"]["problem"]["u"] * 0.01, (new["w"] - params["w"]).reshape(2, -1))
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adam", "nag"])
+def test_a_nominal_rule_is_its_baseline_plus_the_read_out(name):
+    """update = the baseline's step at the learned lr + the read-out: with the read-out zeroed, step for step the
+    baseline `optimizer=NAME` composes, at nominal_lr; the baseline's direction is more inputs (log_sign: two)."""
+    from l2lcli.config import baseline_config
+    opt = _lstm(nominal=name, nominal_lr=0.05)
+    assert opt.nets["all"].cells[0].input_size == 4
+    grads = [{"w": torch.randn(3, 4, 2)} for _ in range(4)]
+    params = {"w": torch.randn(3, 4, 2)}
+    with_read_out = _run(opt, grads, params)
+    with torch.no_grad():
+        opt.nets["all"].out.weight.zero_()
+        opt.nets["all"].out.bias.zero_()
+    ref = build(baseline_config(name, 0.05))
+    torch.testing.assert_close(_run(opt, grads, params), _run(ref, grads, params))
+    assert not torch.allclose(with_read_out["w"], _run(ref, grads, params)["w"])
+
+
+def test_the_nominal_learning_rate_is_a_meta_trained_weight():
+    opt = _lstm(nominal="adam", nominal_lr=0.05)
+    log_lr = opt.nets["all"].nominal_log_lr
+    assert log_lr.item() == pytest.approx(math.log(0.05))
+    params = {"w": torch.randn(3, 4)}
+    new, _ = opt.step(params, {"w": torch.randn(3, 4)}, opt.init_state(params))
+    new["w"].square().sum().backward()
+    assert log_lr.grad is not None and log_lr.grad.abs() > 0
+
+
+def test_a_nominal_must_be_a_baseline_and_is_refused_by_the_ntms(make_cfg):
+    from l2lcli.config import check
+    from l2lcli.optimizers.ntm import NTMController
+    with pytest.raises(L2LError, match="optimizer.nominal=lstm is not a baseline: choose from adam, nag"):
+        check(make_cfg("task.nominal=lstm"), "meta-train")
+    cfg = make_cfg("optimizer=ntm_bfgs", "task.nominal=nag")  # a recipe's nominal does not reach the NTMs
+    check(cfg, "meta-train")
+    assert cfg.optimizer.nominal is None
+    with pytest.raises(L2LError, match="optimizer.nominal is for the LSTM optimizers"):
+        check(make_cfg("optimizer=ntm_lbfgs", "optimizer.nominal=nag"), "meta-train")
+    with pytest.raises(ValueError, match="without a nominal term"):
+        NTMController(preprocess="log_sign", nominal="adam")

@@ -59,10 +59,11 @@ def test_the_traced_step_computes_what_the_eager_step_computes(make_cfg, idx_roo
 
 
 @pytest.mark.slow  # compiling takes 15-40 s; `make smoke` meta-trains compiled unrolls by default in CI
-def test_a_compiled_unroll_meta_trains_as_the_eager_loop(make_cfg, monkeypatch):
+@pytest.mark.parametrize("rule", [[], ["task.nominal=adam", "task.nominal_lr=0.1"]])  # ADAM's step count a tensor
+def test_a_compiled_unroll_meta_trains_as_the_eager_loop(make_cfg, monkeypatch, rule):
     """One compiled graph per unroll (and per learned step in a rollout): the same meta-gradient, running means and
     loss curve as the eager code; a trajectory over `compile_unroll` coordinates stays eager."""
-    cfg = make_cfg("task.dim=3")
+    cfg = make_cfg("task.dim=3", *rule)
     problems = build(cfg.task).sample("train", 4, 0)
     asked = []
     real = bptt.compiled
