@@ -256,9 +256,11 @@ def check(cfg: DictConfig, command: str) -> None:
         if teacher is not None and cfg.train.imitate.lr is None:
             raise L2LError(f"train.imitate.optimizer={teacher} needs its tuned learning rate: set train.imitate.lr "
                            f"(the best lr for {teacher} of `l2l sweep-baselines eval.split=validation`)")
+    for key in ("task.nominal", "optimizer.nominal"):
+        nominal = OmegaConf.select(cfg, key)
+        if nominal is not None and nominal not in baselines():
+            raise L2LError(f"{key}={nominal} is not a baseline: choose from {', '.join(baselines())}")
     nominal = OmegaConf.select(cfg, "optimizer.nominal")
-    if nominal is not None and nominal not in baselines():
-        raise L2LError(f"optimizer.nominal={nominal} is not a baseline: choose from {', '.join(baselines())}")
     if nominal is not None and "read_heads" in cfg.optimizer:
         raise L2LError(f"optimizer.nominal is for the LSTM optimizers (an NTM's update is its memory's read): "
                        f"optimizer.nominal=null with optimizer={cfg.optimizer.name}")

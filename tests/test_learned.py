@@ -348,7 +348,7 @@ def test_the_nominal_learning_rate_is_a_meta_trained_weight():
 def test_a_nominal_must_be_a_baseline_and_is_refused_by_the_ntms(make_cfg):
     from l2lcli.config import check
     from l2lcli.optimizers.ntm import NTMController
-    with pytest.raises(L2LError, match="optimizer.nominal=lstm is not a baseline: choose from adam, nag"):
+    with pytest.raises(L2LError, match="task.nominal=lstm is not a baseline: choose from adam, nag"):
         check(make_cfg("task.nominal=lstm"), "meta-train")
     cfg = make_cfg("optimizer=ntm_bfgs", "task.nominal=nag")  # a recipe's nominal does not reach the NTMs
     check(cfg, "meta-train")

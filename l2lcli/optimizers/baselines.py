@@ -92,8 +92,3 @@ class NAG(Baseline):
         v = {k: self.momentum * state["v"][k] + g for k, g in grads.items()}
         return {k: g + self.momentum * v[k] for k, g in grads.items()}, {"v": v}
 
-
-def nominal(name: str) -> Baseline:
-    """The baseline `optimizer=<name>` names, at its Torch7 defaults and lr 1: a learned optimizer's nominal term
-    (which learns its own learning rate)."""
-    return {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "nag": NAG}[name](name, lr=1.0)

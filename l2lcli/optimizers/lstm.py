@@ -7,7 +7,6 @@ import math
 import torch
 from torch import nn
 
-from . import baselines
 from .cells import lstm_cell
 from .preprocess import Moments, ProblemInputs, features, preprocess
 
@@ -28,8 +27,10 @@ class CoordinatewiseLSTM(nn.Module):
         self.output = output
         self.moments = Moments(momenta, rms_decay) if preprocess == "moments" else None
         self.problem = ProblemInputs() if problem_inputs else None
-        self.nominal = baselines.nominal(nominal) if nominal else None
-        if nominal:  # in log space: the learned learning rate stays positive
+        self.nominal = None
+        if nominal:  # the baseline as `optimizer=NAME` composes it; its lr is the learned one, in log space (> 0)
+            from ..config import baseline_config, build
+            self.nominal = build(baseline_config(nominal, 1.0))
             self.nominal_log_lr = nn.Parameter(torch.tensor(math.log(nominal_lr)))
         self.stateful = any(x is not None for x in (self.moments, self.problem, self.nominal))  # state: a dict
         inputs = (features(preprocess, momenta) + (ProblemInputs.count if problem_inputs else 0)
@@ -97,7 +98,7 @@ class CoordinatewiseLSTM(nn.Module):
             inputs, new_state["moments"] = self.moments(g.reshape(-1), state["moments"])
         if self.problem is not None:
             inputs = torch.cat([inputs, self.problem(g, state["problem"])], 0)
-        if self.nominal is not None:
+        if self.nominal is not None:  # the problem inputs' last update u is the whole update, nominal step included
             direction, new_state["nominal"] = self.nominal.direction({"g": g}, state["nominal"])
             direction = direction["g"]
             inputs = torch.cat([inputs, preprocess(direction.reshape(-1), self._direction_kind, self.p, dim=0)], 0)

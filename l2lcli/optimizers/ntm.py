@@ -47,7 +47,7 @@ class NTMController(CoordinatewiseLSTM):
                              "preprocessing): preprocess none or log_sign")
         if self.nominal is not None:
             raise ValueError("NTM controllers update from their memory or read-out, without a nominal term: "
-                             "optimizer.nominal_lr=null (an LSTM option)")
+                             "optimizer.nominal=null (an LSTM option)")
         if self.from_read:
             self.out = None  # the update is the read result: no read-out layer
         problem = ProblemInputs.count if self.problem is not None else 0

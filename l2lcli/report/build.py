@@ -154,7 +154,7 @@ def learned_finals(run_dir: str) -> pd.Series:
     return finals[finals["row"] == 0].sort_values("problem")["final_loss"]
 
 
-INPUTS = ("preprocess", "problem_inputs")  # what a learned optimizer sees besides its own state
+INPUTS = ("preprocess", "problem_inputs", "nominal")  # what a learned optimizer sees besides its own state
 
 
 @functools.cache  # each Appendix D row looks through the same LSTM runs

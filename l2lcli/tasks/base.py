@@ -142,7 +142,8 @@ class TaskFamily:
     def __init__(self, name: str, steps: int, preprocess: str = "none", output_scale: float = 1.0,
                  groups: dict | None = None, problem_inputs: bool = False, nominal: str | None = None,
                  nominal_lr: float = 1.0, family: dict | None = None):
-        # preprocess, output_scale, groups, problem_inputs and the nominal term are the paper's (or a recipe's) choices for learned
+        # preprocess, output_scale, groups, problem_inputs and the nominal term are the paper's (or a recipe's)
+        # choices for learned
         # optimizers on this task; the optimizer config reads them by interpolation, so they live here and are
         # otherwise unused by the task.
         self.name, self.steps = name, int(steps)
