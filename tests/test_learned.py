@@ -371,3 +371,24 @@ def test_a_rule_saved_before_the_nominal_term_keeps_it_off():
     assert cfg.optimizer.nominal is None and cfg.task.nominal is None
     assert compose_for(["task=mnist"]).optimizer.nominal == "nag"
     assert rule_from(load_checkpoint(old), cfg.optimizer).nets["hidden"].nominal is None
+
+
+def test_the_nominal_gate_scales_the_baselines_step_and_starts_open():
+    """A learned gate exp(w . h) on the nominal step, 1 at initialisation; a rule saved before the gate loads with
+    it open, the same rule."""
+    from l2lcli.config import baseline_config
+    opt = _lstm(nominal="nag", nominal_lr=0.05)
+    net = opt.nets["all"]
+    grads = [{"w": torch.randn(3, 5)} for _ in range(3)]
+    params = {"w": torch.randn(3, 5)}
+    with torch.no_grad():
+        net.out.weight.zero_()
+        net.out.bias.zero_()
+        net.gate.bias.fill_(math.log(0.5))
+    torch.testing.assert_close(_run(opt, grads, params), _run(build(baseline_config("nag", 0.025)), grads, params))
+    saved = {k: v for k, v in opt.state_dict().items() if ".gate." not in k}
+    fresh = _lstm(nominal="nag", nominal_lr=0.05)
+    fresh.nets["all"].gate.bias.data.fill_(3.0)
+    fresh.load_state_dict(saved)
+    assert fresh.nets["all"].gate.bias.item() == 0.0
+    torch.testing.assert_close(_run(fresh, grads, params), _run(build(baseline_config("nag", 0.05)), grads, params))

@@ -15,9 +15,12 @@ class CoordinatewiseLSTM(nn.Module):
     """A stack of LSTM cells applied to every coordinate; `gac` cells per layer are global averaging cells.
 
     With a `nominal` baseline (sgd, rmsprop, adam, nag) the update is the read-out plus that baseline's step at a
-    learned learning rate starting at `nominal_lr` (a nominal term, Harrison, Metz and Sohl-Dickstein 2022): the
-    rule starts as a tuned hand-designed optimizer and learns a correction to it, and sees the baseline's direction
-    (preprocessed as the gradient is) as more inputs. Without one, the paper's rule.
+    learned learning rate starting at `nominal_lr` (a nominal term, Harrison, Metz and Sohl-Dickstein 2022), scaled
+    per coordinate by a learned gate exp(w . h) that starts at 1: the rule starts as a tuned hand-designed optimizer
+    and learns a correction to it, and sees the baseline's direction (preprocessed as the gradient is) as more
+    inputs. An additive read-out cannot follow a step whose size spans orders of magnitude (log_sign inputs carry no
+    scale); the gate can shrink or grow it where the baseline's learning rate does not suit a problem. Without a
+    nominal, the paper's rule.
     """
 
     def __init__(self, hidden=20, layers=2, gac=0, preprocess="none", p=10.0, output_scale=1.0, output="linear",
@@ -32,6 +35,10 @@ class CoordinatewiseLSTM(nn.Module):
             from ..config import baseline_config, build
             self.nominal = build(baseline_config(nominal, 1.0))
             self.nominal_log_lr = nn.Parameter(torch.tensor(math.log(nominal_lr)))
+            self.gate = nn.Linear(hidden, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+            self.register_load_state_dict_pre_hook(_open_gate)
         self.stateful = any(x is not None for x in (self.moments, self.problem, self.nominal))  # state: a dict
         inputs = (features(preprocess, momenta) + (ProblemInputs.count if problem_inputs else 0)
                   + (features(self._direction_kind) if nominal else 0))
@@ -105,7 +112,8 @@ class CoordinatewiseLSTM(nn.Module):
         x, lstm = self.stack(inputs, state["lstm"] if self.stateful else state, N)
         update = self.readout(x).view(N, -1)
         if self.nominal is not None:
-            update = update - self.nominal_log_lr.exp() * direction
+            gate = self.linear(self.gate, x).clamp(-8.0, 2.0).exp().view(N, -1)
+            update = update - self.nominal_log_lr.exp() * gate * direction
         if not self.stateful:
             return update, lstm
         if self.problem is not None:
@@ -120,3 +128,9 @@ class CoordinatewiseLSTM(nn.Module):
             # |g| (gradient descent's), which a linear read-out of tanh-bounded states cannot form from log|g|
             out = out[:1] * out[1:].clamp(-30.0, 10.0).exp()
         return out * self.scale
+
+
+def _open_gate(module, state_dict, prefix, *_):
+    """A nominal rule saved before its gate: the gate at its initial (open) state, exp(0) = 1, is the same rule."""
+    for key in ("weight", "bias"):
+        state_dict.setdefault(f"{prefix}gate.{key}", torch.zeros_like(getattr(module.gate, key)))
