@@ -244,9 +244,10 @@ def check(cfg: DictConfig, command: str) -> None:
             raise L2LError(f"task.conv_layers={cfg.task.conv_layers} is too deep for {side}x{side} images of "
                            f"{cfg.task.dataset}: each layer halves them; use at most {side.bit_length() - 1}")
     if command in ("meta-train", "experiment"):
-        if cfg.train.unroll > cfg.task.steps:
-            raise L2LError(f"train.unroll={cfg.train.unroll} is longer than the horizon task.steps={cfg.task.steps}: "
-                           "lower train.unroll or raise task.steps")
+        horizon, key = horizon_of(cfg), "train.horizon" if cfg.train.get("horizon") else "task.steps"
+        if cfg.train.unroll > horizon:
+            raise L2LError(f"train.unroll={cfg.train.unroll} is longer than the horizon {key}={horizon}: "
+                           f"lower train.unroll or raise {key}")
         if not is_learned(cfg.optimizer):
             raise L2LError(f"optimizer={cfg.optimizer.name} has nothing to meta-train: use optimizer=lstm, lstm_gac, "
                            "ntm_bfgs or ntm_lbfgs (baselines are tuned with `l2l sweep-baselines`)")
@@ -272,6 +273,12 @@ def check(cfg: DictConfig, command: str) -> None:
         for name in cfg.sweep.optimizers:
             if name not in baselines():
                 raise L2LError(f"sweep.optimizers has '{name}', not a baseline: choose from {', '.join(baselines())}")
+
+
+def horizon_of(cfg: DictConfig) -> int:
+    """The optimizee steps of a meta-training trajectory and validation run: train.horizon, else the task's (runs
+    saved before the key: the task's)."""
+    return cfg.train.get("horizon") or cfg.task.steps
 
 
 def baselines() -> list[str]:

@@ -120,7 +120,8 @@ RULES: dict[str, Rule] = {
     "device.name": one_of("cpu", "cuda", "auto"), "device.threads": maybe(whole(1)), "device.compile": FLAG,
     "device.compile_unroll": whole(0),
     # meta-training
-    "train.batch_size": whole(1), "train.unroll": whole(1), "train.meta_lr": POSITIVE,
+    "train.batch_size": whole(1), "train.unroll": whole(1), "train.horizon": maybe(whole(1)),
+    "train.meta_lr": POSITIVE,
     "train.meta_lr_decay": number(0, 1, lo_open=True), "train.epoch_trajectories": whole(1),
     "train.max_epochs": whole(1), "train.patience": whole(1), "train.min_improvement": FRACTION,
     "train.validation_problems": whole(1), "train.validation_batches": whole(1),

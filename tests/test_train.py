@@ -250,3 +250,16 @@ def test_imitations_weight_falls_to_zero_over_its_epochs(make_cfg):
     assert train._imitation(make_cfg().train, 0) is None  # off by default
     r = train.run(make_cfg("train.imitate.optimizer=adam", "train.imitate.lr=0.5", "train.meta_loss=final"))
     assert r["bad_steps"] == 0 and r["best_val_loss"] < float("inf")
+
+
+def test_train_horizon_sets_the_trajectories_and_validation_not_the_task(make_cfg):
+    """train.horizon: meta-training's trajectories and validation runs are that long; the task (what evaluate and
+    sweeps run) keeps task.steps; an unroll longer than the horizon is refused by name."""
+    from l2lcli.checkpoints import last_checkpoint
+    r = train.run(make_cfg("task.steps=4", "train.horizon=8", "train.unroll=4"))
+    state = last_checkpoint(r["run_dir"])["train_state"]
+    assert len(state["step_loss"]) == 8  # each step's running mean loss: 8 steps per trajectory
+    assert load_checkpoint(r["checkpoint"])["config"].task.steps == 4
+    assert r["optimizee_steps_per_second"] > 0
+    with pytest.raises(L2LError, match="train.unroll=9 is longer than the horizon train.horizon=8"):
+        check(make_cfg("task.steps=20", "train.horizon=8", "train.unroll=9"), "meta-train")

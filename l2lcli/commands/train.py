@@ -17,7 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from ..bptt import Imitation, trajectory, validate, validation_set
 from ..checkpoints import last_checkpoint
-from ..config import BUDGET, baseline_config, build
+from ..config import BUDGET, baseline_config, build, horizon_of
 from ..distributed import World, join
 from ..errors import L2LError, WriteError
 from ..loggers import Loggers
@@ -54,6 +54,7 @@ def run(cfg: DictConfig) -> dict:
         cfg.train.resume = None
     setup = prepare(cfg, "meta-train")
     tc, device = cfg.train, setup.device
+    horizon = horizon_of(cfg)
     world = join(device, tc.batch_size, cfg.device.threads)
     if setup.task.family and world.size > 1:  # each rank would draw its own member, and mix their running means
         raise L2LError("task.family meta-trains in one process: run it without torchrun, or set task.family=null")
@@ -88,12 +89,12 @@ def run(cfg: DictConfig) -> dict:
                         s.trajectories += 1
                         # each member of a family its own running means: its losses have their own scale
                         step_loss = s.member_loss.setdefault(problems.member, []) if problems.member else s.step_loss
-                        loss, ok = trajectory(problems, optimizer, meta, cfg.task.steps, tc.unroll, tc.meta_loss,
+                        loss, ok = trajectory(problems, optimizer, meta, horizon, tc.unroll, tc.meta_loss,
                                               tc.second_derivatives, tc.grad_clip, step_loss, world, imitation)
                         _count_bad(s, ok, tc.max_bad_steps, run_dir)
                         losses += [loss] if ok else []
                         progress(advance=int(ok), meta=loss)
-                    val = validate(validation, optimizer, cfg.task.steps) if world.main else math.nan
+                    val = validate(validation, optimizer, horizon) if world.main else math.nan
                     _end_epoch(cfg, s, optimizer, meta, world.from_main(val, device), losses, run_dir,
                                world.from_main(time.perf_counter() - started, device), log, world.main)
                     progress(epoch=s.epoch, val=s.log[-1]["val_loss"], best=s.best_val)
@@ -149,7 +150,7 @@ def _end_epoch(cfg, s: TrainState, optimizer, meta, val: float, losses: list, ru
                   "best_val_loss": s.best_val, "meta_lr": meta.param_groups[0]["lr"], "bad_steps": s.bad_total,
                   "seconds": s.seconds, "epoch_seconds": s.seconds - before["seconds"],
                   "optimizee_steps_per_second": (s.trajectories - before["trajectories"]) * cfg.train.batch_size
-                  * cfg.task.steps / max(s.seconds - before["seconds"], 1e-9)})
+                  * horizon_of(cfg) / max(s.seconds - before["seconds"], 1e-9)})
     if not writes:
         return
     log.write_csv(run_dir / "train_log.csv", pd.DataFrame(s.log))
@@ -180,7 +181,7 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers, wo
         "recipe": OmegaConf.select(cfg, "recipe.name", default="none"),  # none: a run saved before recipes
         "best_val_loss": s.best_val, "best_epoch": s.best_epoch, "epochs": s.epoch, "trajectories": s.trajectories,
         "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds,
-        "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * cfg.task.steps / max(s.seconds, 1e-9),
+        "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * horizon_of(cfg) / max(s.seconds, 1e-9),
         "seconds_to_best": s.log[s.best_epoch - 1]["seconds"], "processes": world.size,
     }
     if world.main:
