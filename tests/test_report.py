@@ -107,6 +107,15 @@ def test_a_rule_meta_trained_on_a_task_family_is_no_evidence_for_the_papers_clai
     assert len(r["skipped"]) == 1 and "meta-trained on a family of tasks" in r["skipped"][0]
 
 
+def test_a_rule_meta_trained_on_another_horizon_is_no_evidence_for_the_papers_claims(make_cfg, tmp_path):
+    """Evaluated at task.steps, a rule meta-trained on longer trajectories (train.horizon) would pass for one
+    trained on the task's horizon: Figure 4's "beyond its training" rows would be no such thing."""
+    experiment.run(make_cfg("task.steps=4", "train.horizon=8", "train.unroll=4"))
+    r = run([str(tmp_path / "outputs")], str(tmp_path / "report.md"))
+    assert r["table"].set_index("claim").loc["fig2", "seeds"] == 0
+    assert len(r["skipped"]) == 1 and "meta-trained on 8-step trajectories" in r["skipped"][0]
+
+
 def test_a_report_of_two_seeds_from_run_folders_alone(make_cfg, tmp_path):
     measured, learned_rows = {}, []
     for seed in (0, 1):

@@ -180,7 +180,7 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers, wo
         "task": cfg.task.name, "optimizer": cfg.optimizer.name, "data": task.describe(),
         "recipe": OmegaConf.select(cfg, "recipe.name", default="none"),  # none: a run saved before recipes
         "best_val_loss": s.best_val, "best_epoch": s.best_epoch, "epochs": s.epoch, "trajectories": s.trajectories,
-        "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds,
+        "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds, "horizon": horizon_of(cfg),
         "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * horizon_of(cfg) / max(s.seconds, 1e-9),
         "seconds_to_best": s.log[s.best_epoch - 1]["seconds"], "processes": world.size,
     }

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from ..config import horizon_of
 from ..errors import L2LError
 from ..runs import load_checkpoint, write_bytes, write_json
 
@@ -63,7 +64,8 @@ def add(evaluate_run: str | Path, name: str, folder: Path = HERE) -> dict:
         "data": train["data"], "code_version": ckpt["code_version"], "shipped": time.strftime("%Y-%m-%d"),
         "meta_training": {k: train[k] for k in ("seconds", "epochs", "best_epoch", "trajectories", "stop_reason",
                                                 "best_val_loss", "optimizee_steps_per_second")}
-        | {"threads": ckpt["config"].device.threads, "seed": ckpt["config"].seed} | _lineage(ckpt, train["seconds"]),
+        | {"threads": ckpt["config"].device.threads, "seed": ckpt["config"].seed, "horizon": horizon_of(ckpt["config"])}
+        | _lineage(ckpt, train["seconds"]),
         "test": {"problems": ev["problems"], "steps": ev["steps"], "eval_seed": eval_seed,
                  "final_loss": rule["final_loss"], "best_baseline": row["optimizer"], "best_baseline_lr": row["lr"],
                  "best_baseline_final_loss": row["final_loss"], "ratio": rule["ratio_to_best_baseline"],

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..commands.evaluate import mismatch, problem_key
+from ..config import horizon_of
 from ..errors import L2LError
 from ..runs import load_checkpoint, write_text
 from ..stats import bootstrap_ratio
@@ -51,6 +52,10 @@ def gather(paths: list[Path]) -> pd.DataFrame:
         trained = load_checkpoint(checkpoint)["config"]
         if OmegaConf.select(trained, "task.family"):  # the paper's claims are about a rule trained on one task
             skipped.append(f"`{run}`: its rule was meta-trained on a family of tasks (task.family), not the paper's")
+            continue
+        if horizon_of(trained) != trained.task.steps:  # the claims' "trained on T steps" is the task's own T
+            skipped.append(f"`{run}`: its rule was meta-trained on {horizon_of(trained)}-step trajectories "
+                           f"(train.horizon), not the task's {trained.task.steps}")
             continue
         data = (s.get("data") or {}).get("source") or OmegaConf.select(cfg, "task.dataset", default="generated")
         common = {"seed": trained.seed, "recipe": OmegaConf.select(trained, "recipe.name", default="-"),
