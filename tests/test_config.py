@@ -4,6 +4,7 @@ import sys
 import zipfile
 
 import pytest
+from omegaconf import OmegaConf
 
 from l2lcli.config import L2LError, baseline_config, check, compose, group_choices
 
@@ -101,6 +102,14 @@ def test_each_task_defaults_to_its_best_recipe_and_the_paper_is_one_override_awa
     assert (q_best.train.patience, q_paper.train.patience) == (20, 10)
     same = {k: v for k, v in q_best.items() if k not in ("recipe", "task", "optimizer", "train")}
     assert same == {k: v for k, v in q_paper.items() if k not in ("recipe", "task", "optimizer", "train")}
+
+
+def test_the_long_recipe_is_the_best_one_meta_trained_on_twice_the_horizon():
+    best, long = compose(["task=mnist"]), compose(["task=mnist", "recipe=long"])
+    assert (long.train.horizon, long.task.steps, best.train.horizon) == (200, 100, None)  # evaluation keeps 100
+    assert OmegaConf.to_container(long.task) == OmegaConf.to_container(best.task)
+    assert {k: v for k, v in long.train.items() if k != "horizon"} == {
+        k: v for k, v in best.train.items() if k != "horizon"}
 
 
 def test_the_smoke_recipe_is_tiny_on_every_task():
