@@ -360,12 +360,12 @@ def test_a_nominal_must_be_a_baseline_and_is_refused_by_the_ntms(make_cfg):
 
 
 def test_a_rule_saved_before_the_nominal_term_keeps_it_off():
-    """MNIST's best recipe has a nominal NAG; a rule saved before the key (the shipped MNIST rule) comes back
+    """MNIST's best recipe has a nominal NAG; a rule saved before the key (the shipped family rule) comes back
     without one, so its weights fit, and runs without one."""
     from l2lcli import pretrained
     from l2lcli.commands.common import compose_for
     from l2lcli.runs import load_checkpoint, rule_from
-    old = pretrained.path("mnist")
+    old = pretrained.path("mnist_family")
     assert "nominal" not in load_checkpoint(old)["config"].optimizer
     cfg = compose_for(["device.compile=false"], checkpoint=str(old))
     assert cfg.optimizer.nominal is None and cfg.task.nominal is None
