@@ -175,13 +175,14 @@ def _finish(cfg, task, s: TrainState, stop: str, run_dir: Path, log: Loggers, wo
         raise KeyboardInterrupt  # stopped before its first epoch: nothing to summarise
     if s.best_epoch < 0:
         raise L2LError(f"no epoch finished with a finite validation loss; see {run_dir}/train_log.csv")
+    horizon = horizon_of(cfg)
     results = {
         "command": "meta-train", "run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"),
         "task": cfg.task.name, "optimizer": cfg.optimizer.name, "data": task.describe(),
         "recipe": OmegaConf.select(cfg, "recipe.name", default="none"),  # none: a run saved before recipes
         "best_val_loss": s.best_val, "best_epoch": s.best_epoch, "epochs": s.epoch, "trajectories": s.trajectories,
-        "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds, "horizon": horizon_of(cfg),
-        "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * horizon_of(cfg) / max(s.seconds, 1e-9),
+        "stop_reason": stop, "bad_steps": s.bad_total, "seconds": s.seconds, "horizon": horizon,
+        "optimizee_steps_per_second": s.trajectories * cfg.train.batch_size * horizon / max(s.seconds, 1e-9),
         "seconds_to_best": s.log[s.best_epoch - 1]["seconds"], "processes": world.size,
     }
     if world.main:
