@@ -159,6 +159,22 @@ def test_a_finished_run_resumed_with_a_longer_budget_equals_one_run_with_that_bu
     assert "max_epochs: 3" in (Path(longer["run_dir"]) / "config.yaml").read_text()
 
 
+def test_a_run_saved_before_the_nominal_gate_is_refused_resume_with_the_fix(make_cfg):
+    """An older run's meta-optimizer state lacks the gate's weights: one line that says to use --init-from."""
+    run = Path(train.run(make_cfg("task.nominal=adam", "train.max_epochs=1"))["run_dir"])
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["weights"] = {k: v for k, v in ckpt["weights"].items() if ".gate." not in k}
+    group = ckpt["meta_optimizer"]["param_groups"][0]
+    dropped, group["params"] = group["params"][-2:], group["params"][:-2]  # as many as the gate's weight and bias
+    for i in dropped:
+        ckpt["meta_optimizer"]["state"].pop(i, None)
+    torch.save(ckpt, run / "last.pt")
+    with pytest.raises(L2LError, match=re.escape(f"start a new run from its weights with `l2l meta-train "
+                                                 f"--init-from {run}`")):
+        train.run(make_cfg(f"train.resume={run}", "train.max_epochs=2"))
+    assert train.run(make_cfg(f"train.init_from={run}", "task.nominal=adam", "train.max_epochs=1"))["epochs"] == 1
+
+
 @pytest.mark.parametrize("change, was", [
     ("train.meta_lr=0.01", "train.meta_lr=0.003"), ("task.steps=30", "task.steps=20"),
     ("optimizer=lstm", "optimizer=lstm_gac"), ("seed=1", "seed=0"), ("logger=many", "logger={}"),

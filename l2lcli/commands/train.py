@@ -223,7 +223,12 @@ def _restore(ckpt: dict, cfg: DictConfig, optimizer, meta, world: World) -> tupl
         raise L2LError(f"{run_dir} was meta-trained on {ckpt['train_state'].get('processes', 1)} process(es): resume "
                        f"it on as many (torchrun --nproc_per_node=N), not {world.size}")
     optimizer.load_state_dict(ckpt["weights"])
-    meta.load_state_dict(ckpt["meta_optimizer"])
+    try:
+        meta.load_state_dict(ckpt["meta_optimizer"])
+    except ValueError:  # its meta-optimizer knew fewer weights: saved before a layer was added (a nominal's gate)
+        raise L2LError(f"{run_dir} was saved by an older l2l whose rule had fewer weights (e.g. a nominal term "
+                       f"without its gate), so its meta-training cannot resume: start a new run from its weights "
+                       f"with `l2l meta-train --init-from {run_dir}`") from None
     torch.set_rng_state(ckpt["rng"])
     s = TrainState(**ckpt["train_state"])
     if any(OmegaConf.select(cfg, k) != OmegaConf.select(ckpt["config"], k) for k in BUDGET):
