@@ -191,6 +191,8 @@ def test_two_lstms_by_default_one_by_override(make_cfg, cifar_root):
     assert set(groups) == {"conv", "fc"} and "fc.w" in groups["fc"] and "conv1.w" in groups["conv"]
     assert set(build(make_cfg("task=cifar", "optimizer.groups=null").optimizer).nets) == {"all"}
     assert compose(["task=cifar", "recipe=paper"]).train.meta_loss == "sum"
+    assert (cfg.task.nominal, cfg.task.nominal_lr) == ("nag", 0.0215)  # the best recipe's; the paper's has none
+    assert compose(["task=cifar", "recipe=paper"]).task.nominal is None
 
 
 TINY_CNN = ["task=cifar", "device.compile=false", "task.channels=2", "task.fc_units=4", "task.minibatch=4",
