@@ -4,8 +4,9 @@
 
 RUN is a meta-train run of a task family (task.family, e.g. recipe=family); its validation batches (seed,
 train.validation_problems x train.validation_batches, each from its own member) are drawn again, and each
-checkpoint's rule is scored on them as meta-training scores: the geometric mean over the batches of their mean final
-loss. A rule meta-trained on one net only is compared there with the family's rules, on the very same problems.
+checkpoint's rule is scored on them as meta-training scores: at the run's horizon (train.horizon, else task.steps),
+the geometric mean over the batches of their mean final loss. A rule meta-trained on one net only is compared there
+with the family's rules, on the very same problems.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import torch
 
 from l2lcli.bptt import final_losses, score, validation_set
-from l2lcli.config import build
+from l2lcli.config import build, horizon_of
 from l2lcli.device import resolve_device
 from l2lcli.runs import load_checkpoint, rule_from
 
@@ -34,7 +35,7 @@ def main(argv=None) -> dict:
     print("members:", "; ".join(b.member or "the task" for b in batches), flush=True)
     scores = {}
     for path in args.checkpoints:
-        each = final_losses(batches, rule_from(load_checkpoint(path)).to(device), cfg.task.steps)
+        each = final_losses(batches, rule_from(load_checkpoint(path)).to(device), horizon_of(cfg))
         scores[path] = score(each)
         print(f"{scores[path]:.4f}  {path}  (per batch: {', '.join(f'{x:.3g}' for x in each)})", flush=True)
     return scores

@@ -143,7 +143,8 @@ def test_the_family_is_not_part_of_the_evaluation_problems(make_cfg):
 
 def test_the_family_validation_benchmark_scores_rules_as_meta_training_did(tmp_path, idx_root, capsys):  # noqa: F811
     bench = load_benchmark("family_validation")
-    overrides = [f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.validation_batches=3"]
+    # validation runs train.horizon steps, not task.steps (recipe=long): the benchmark must score there too
+    overrides = [f"data.root={idx_root}", *MNIST_TINY, FAMILY, "train.validation_batches=3", "train.horizon=9"]
     family = train.run(compose([f"out_dir={tmp_path / 'family'}", *overrides]))
     plain = train.run(compose([f"out_dir={tmp_path / 'plain'}", *overrides, "task.family=null"]))
     scores = bench.main(["--family", family["run_dir"], family["run_dir"], plain["run_dir"]])
