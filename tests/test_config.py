@@ -112,6 +112,16 @@ def test_the_long_recipe_is_the_best_one_meta_trained_on_twice_the_horizon():
         k: v for k, v in best.train.items() if k != "horizon"}
 
 
+def test_the_activations_recipe_is_the_best_one_on_the_training_net_with_three_activations():
+    best, act = compose(["task=mnist"]), compose(["task=mnist", "recipe=activations"])
+    assert OmegaConf.to_container(act.task.family) == {"layers": [1], "hidden": [20],
+                                                       "activation": ["sigmoid", "relu", "tanh"]}
+    assert (act.task.layers, act.task.hidden, act.task.activation) == (1, 20, "sigmoid")  # evaluation: the paper's net
+    assert {k: v for k, v in act.task.items() if k != "family"} == {k: v for k, v in best.task.items() if k != "family"}
+    assert (act.train.validation_batches, act.train.validation_problems, act.train.max_epochs) == (9, 8, 6)
+    assert act.train.validation_batches % len(act.task.family.activation) == 0  # spread: each activation alike
+
+
 def test_the_smoke_recipe_is_tiny_on_every_task():
     for task in group_choices("task"):
         cfg = compose([f"task={task}", "recipe=smoke"])
